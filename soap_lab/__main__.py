@@ -1,0 +1,213 @@
+"""Command line: ``python -m soap_lab {train,sweep,figures,ablations}``.
+
+    python -m soap_lab train --optimizer soap --precondition-frequency 10 --preset cpu --steps 300
+    python -m soap_lab sweep --experiment lr_sweep --optimizers adamw soap --frequencies 10 100 \\
+        --lrs 1e-3 3e-3 --seeds 0 1 --budget-fractions 0.5 1.0 --batch-size 32 --shard 0/4
+
+A sweep skips runs whose record exists, so rerunning an interrupted sweep resumes it; ``--shard i/N``
+takes grid points i, i+N, i+2N, ... so N processes split one grid without coordination.
+Nothing heavy (papermill, seaborn) is imported here: the GPU machine may lack them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+
+def _kv(text: str) -> tuple:
+    """``KEY=VALUE`` with VALUE parsed as JSON when it parses (numbers, true/false, lists), else a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed: Any = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip().replace("-", "_"), parsed
+
+
+def _presets() -> Optional[List[str]]:
+    from .train import _presets as presets
+
+    p = presets()
+    return list(p) if p is not None else None
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    from .train import PRECISIONS, TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("run (defaults: TrainConfig's)")
+    g.add_argument("--experiment", default=d.experiment, help="records go to <runs-root>/<experiment>/")
+    g.add_argument("--betas", type=float, nargs=2, default=list(d.betas), metavar=("B1", "B2"))
+    g.add_argument("--eps", type=float, default=d.eps)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--hparam", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="other optimizer keyword, e.g. refresh=eigh, max_precond_dim=1024 (repeatable)")
+    presets = _presets()
+    g.add_argument("--preset", default=d.preset, choices=presets, help="model size")
+    g.add_argument("--model", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="GPTConfig override, e.g. n_layer=2 (repeatable)")
+    g.add_argument("--corpus", default=d.corpus)
+    g.add_argument("--tokenizer", default=d.tokenizer)
+    g.add_argument("--vocab-size", type=int, default=d.vocab_size)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global micro-batch (sequences)")
+    g.add_argument("--seq-len", type=int, default=d.seq_len)
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    g.add_argument("--steps", type=int, default=d.steps, help="steps of the full budget")
+    g.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    g.add_argument("--compile", action="store_true")
+    g.add_argument("--eval-every", type=int, default=d.eval_every)
+    g.add_argument("--eval-batches", type=int, default=d.eval_batches)
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    g.add_argument("--clip", type=float, default=d.clip, help="0 disables clipping")
+    g.add_argument("--runs-root", default=d.out_dir, help="root of the run records (default <repo>/data/runs)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-save", action="store_true", help="do not write a record")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .optim import OPTIMIZERS
+
+    parser = argparse.ArgumentParser(prog="python -m soap_lab", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train one run and write its record")
+    t.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--precondition-frequency", "-f", type=int, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--budget-fraction", type=float, default=1.0)
+    t.add_argument("--skip-existing", action="store_true", help="do nothing if the record exists")
+    _add_common(t)
+
+    s = sub.add_parser("sweep", help="train a grid of runs (resumable, shardable)")
+    s.add_argument("--optimizers", nargs="+", default=["adamw"], choices=OPTIMIZERS, metavar="NAME",
+                   help=f"any of: {', '.join(OPTIMIZERS)}")
+    s.add_argument("--frequencies", nargs="+", type=int, default=None,
+                   help="precondition frequencies (only for optimizers that take one)")
+    s.add_argument("--lrs", nargs="+", type=float, default=[3e-3])
+    s.add_argument("--seeds", nargs="+", type=int, default=[0])
+    s.add_argument("--budget-fractions", nargs="+", type=float, default=[1.0])
+    s.add_argument("--shard", default="0/1", help="i/N: this process takes grid points i, i+N, ... (0 <= i < N)")
+    s.add_argument("--dry-run", action="store_true", help="list this shard's runs and whether each is done")
+    s.add_argument("--force", action="store_true", help="rerun runs whose record exists")
+    _add_common(s)
+
+    f = sub.add_parser("figures", help="regenerate figures/ from the records (not yet implemented)")
+    f.add_argument("rest", nargs=argparse.REMAINDER)
+    a = sub.add_parser("ablations", help="rerun the paper's experiments (not yet implemented)")
+    a.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _base_config(args: argparse.Namespace, **extra: Any):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        experiment=args.experiment,
+        betas=tuple(args.betas),
+        eps=args.eps,
+        weight_decay=args.weight_decay,
+        hparams=dict(args.hparam),
+        preset=args.preset,
+        model_overrides=dict(args.model),
+        corpus=args.corpus,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        grad_accum=args.grad_accum,
+        steps=args.steps,
+        warmup_fraction=args.warmup_fraction,
+        warmup_steps=args.warmup_steps,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        eval_batch_size=args.eval_batch_size,
+        clip=args.clip if args.clip else None,
+        progress=not args.no_progress,
+        save=not args.no_save,
+        out_dir=args.runs_root,
+        **extra,
+    )
+
+
+def _report(result) -> None:
+    s = result.summary
+    val = s.get("final_val_loss")
+    print(
+        f"{result.run_id}: val {val if val is None else round(val, 4)}  "
+        f"train {s['final_train_loss']:.4f}  {s['steps_done']} steps  "
+        f"{s['wall_time']:.1f}s (optimizer {100 * (s['opt_time_share'] or 0):.0f}%)"
+        + (f"  -> {result.record_path}" if result.record_path else "")
+    )
+
+
+def _data_errors() -> tuple:
+    try:
+        from .data import DataError
+    except ImportError:
+        return ()
+    return (DataError,)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("figures", "ablations"):
+        print(f"soap_lab {args.command}: not yet implemented", file=sys.stderr)
+        return 1
+
+    from . import results
+    from .train import train
+
+    try:
+        if args.command == "train":
+            config = _base_config(
+                args, optimizer=args.optimizer, lr=args.lr, precondition_frequency=args.precondition_frequency,
+                seed=args.seed, budget_fraction=args.budget_fraction,
+            )
+            config.validate()
+            configs = [config]
+        else:
+            i, n = results.parse_shard(args.shard)
+            base = _base_config(args)
+            configs = results.grid(
+                base, optimizers=args.optimizers, frequencies=args.frequencies, lrs=args.lrs,
+                seeds=args.seeds, budget_fractions=args.budget_fractions,
+            )
+            for c in configs:
+                c.validate()
+            configs = results.shard(configs, i, n)
+    except ValueError as e:
+        parser.error(str(e))  # exits with code 2
+
+    try:
+        if args.command == "train":
+            if args.skip_existing and results.has_record(configs[0]):
+                print(f"{results.run_id(configs[0])}: record exists at {results.record_path(configs[0])}")
+                return 0
+            _report(train(configs[0]))
+            return 0
+        print(f"shard {args.shard}: {len(configs)} runs")
+        if args.dry_run:
+            for c in configs:
+                print(f"  {'done' if results.has_record(c) else 'todo'}  {results.record_path(c)}")
+            return 0
+        results.run_sweep(configs, skip_existing=not args.force, after_run=lambda c, r: _report(r))
+        return 0
+    except _data_errors() as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Second-moment estimates used inside a basis: Adam's full V and Adafactor's factored V̂.
+
+Paper §2: Adafactor keeps, for an m×n matrix, the row statistics A = V·1 and column statistics C = Vᵀ·1 of
+Adam's second moment V and uses the rank-1 estimate V̂ = A Cᵀ / (1ᵀA). Here the statistics are kept as
+*means* (A/n and C/m), which gives the same V̂ and keeps magnitudes independent of the layer's size, and the
+estimate is generalised to rank-k tensors: one statistic per dimension,
+V̂ = Π_d r_d / mean(V)^(k-1), which is exact whenever V is a rank-1 outer product.
+
+Both estimates are per-coordinate state of the basis they live in: when a basis is refreshed its slots are
+permuted (:func:`soap_lab.kron.refresh_bases`) and :func:`permute_` reorders this state to follow.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .. import kron
+
+Tensor = torch.Tensor
+
+
+def init(shape: Sequence[int], *, factored: bool, dtype: torch.dtype, device: torch.device) -> Dict[str, object]:
+    """State for a tensor of ``shape``: ``{"exp_avg_sq": V}`` or ``{"exp_avg_sq_factors": [r_0, r_1, ...]}``.
+
+    Tensors of rank < 2 are never factored (Adafactor's rule for 1-D parameters).
+    """
+    if factored and len(shape) >= 2:
+        return {"exp_avg_sq_factors": [torch.zeros(s, dtype=dtype, device=device) for s in shape]}
+    return {"exp_avg_sq": torch.zeros(tuple(shape), dtype=dtype, device=device)}
+
+
+def update_(state: Dict[str, object], g: Tensor, beta2: float) -> None:
+    """EMA of g⊙g with rate ``beta2``: the full V, or the mean of g² over all dimensions but d for each d."""
+    if "exp_avg_sq" in state:
+        V: Tensor = state["exp_avg_sq"]  # type: ignore[assignment]
+        V.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        return
+    g2 = g * g
+    dims = range(g.dim())
+    for d, r in enumerate(state["exp_avg_sq_factors"]):  # type: ignore[arg-type]
+        other = [e for e in dims if e != d]
+        r.mul_(beta2).add_(g2.mean(dim=other), alpha=1.0 - beta2)
+
+
+def estimate(state: Dict[str, object]) -> Tensor:
+    """The second-moment estimate the inner rule divides by: V itself, or Adafactor's V̂."""
+    if "exp_avg_sq" in state:
+        return state["exp_avg_sq"]  # type: ignore[return-value]
+    factors: List[Tensor] = state["exp_avg_sq_factors"]  # type: ignore[assignment]
+    k = len(factors)
+    v_hat = factors[0].reshape((-1,) + (1,) * (k - 1))
+    for d in range(1, k):
+        v_hat = v_hat * factors[d].reshape((1,) * d + (-1,) + (1,) * (k - d - 1))
+    total = factors[0].mean()  # = mean(V) = mean of every r_d
+    tiny = torch.finfo(total.dtype).tiny
+    return v_hat / total.pow(k - 1).clamp_min(tiny)
+
+
+def permute_(state: Dict[str, object], perms: Sequence[Optional[Tensor]]) -> None:
+    """Follow a basis refresh: reorder the per-coordinate statistics along each permuted dimension."""
+    if "exp_avg_sq" in state:
+        kron.permute_(state["exp_avg_sq"], perms)  # type: ignore[arg-type]
+        return
+    for r, order in zip(state["exp_avg_sq_factors"], perms):  # type: ignore[arg-type]
+        if order is not None:
+            r.copy_(r[order])

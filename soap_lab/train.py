@@ -1,0 +1,502 @@
+"""Training harness: ``train(TrainConfig) -> RunResult``.
+
+The paper's setup (Vyas et al. 2024, section 3), at whatever scale the preset gives: linear warmup from
+0.1·lr to lr then cosine decay to 0.1·lr (``soap_lab.schedule``), gradient clipping at 1.0, bf16 autocast
+on CUDA, gradient accumulation so a step can hold many tokens, periodic validation cross-entropy on fixed
+batches, and a ``budget_fraction`` that shortens a run *and its schedule* (the paper's efficiency protocol).
+
+Per step the run records the train loss, lr, gradient norm, wall-clock time, and the time of
+``optimizer.step()`` alone (CUDA-synchronized around it), plus the peak size of the optimizer state. The
+run ends with one JSON record (``soap_lab.results``) holding the config, these metrics and provenance.
+
+Under ``torchrun`` (WORLD_SIZE > 1) the same function trains with DistributedDataParallel (gloo on CPU,
+nccl on CUDA): each rank takes its slice of every global batch, the optimizers see the all-reduced
+gradient, and rank 0 writes the record. ``batch_size`` is always the global micro-batch, so a run gives the
+same losses (up to reduction round-off) on any number of processes.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from . import results
+from .optim import OPTIMIZERS, build_optimizer
+from .schedule import lr_at, warmup_steps_for
+
+__all__ = [
+    "TrainConfig",
+    "RunResult",
+    "train",
+    "TAKES_FREQUENCY",
+    "PRECISIONS",
+    "effective_steps",
+    "optimizer_kwargs",
+    "optimizer_state_bytes",
+]
+
+#: Optimizers that take a ``precondition_frequency`` keyword.
+TAKES_FREQUENCY = (
+    "shampoo",
+    "eigen_adafactor",
+    "soap",
+    "soap_factorized",
+    "soap_one_sided",
+    "soap_factorized_one_sided",
+)
+#: ``auto``: bf16 autocast on CUDA, fp32 elsewhere; ``bf16``: autocast (CUDA only); ``fp32``: none.
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults give a small CPU run.
+
+    Fields added later should default to ``None`` (or ``{}``): such fields do not enter the run id's hash
+    while unset, so existing records keep their ids.
+    """
+
+    experiment: str = "default"
+    """Name of the experiment: records go to ``<out_dir>/<experiment>/<run_id>.json``."""
+    optimizer: str = "adamw"
+    """One of ``soap_lab.optim.OPTIMIZERS``."""
+    lr: float = 3e-3
+    """Peak learning rate (the schedule warms up from 0.1·lr and decays to 0.1·lr)."""
+    betas: Tuple[float, float] = (0.95, 0.95)
+    """(β1, β2); the paper uses 0.95 for both, for every optimizer."""
+    eps: Optional[float] = None
+    """ε of the optimizer; ``None``: the optimizer's own default."""
+    weight_decay: Optional[float] = None
+    """Decoupled weight decay; ``None``: the optimizer's own default."""
+    precondition_frequency: Optional[int] = None
+    """f, for optimizers in ``TAKES_FREQUENCY`` only; ``None``: the optimizer's default."""
+    hparams: Dict[str, Any] = field(default_factory=dict)
+    """Other optimizer keywords, passed as is (``refresh``, ``max_precond_dim``, ``shampoo_beta``, ...)."""
+    preset: str = "tiny"
+    """Model size, a key of ``soap_lab.models.PRESETS`` (tiny, cpu, gpu, 210m, 360m, 660m)."""
+    model_overrides: Dict[str, Any] = field(default_factory=dict)
+    """``GPTConfig`` fields that override the preset's."""
+    corpus: str = "austen"
+    """Corpus name for ``soap_lab.data.token_stream``."""
+    tokenizer: str = "char"
+    """Tokenizer kind for ``soap_lab.data.get_tokenizer``."""
+    vocab_size: int = 4096
+    """Vocabulary size of trained tokenizers (ignored by the char tokenizer)."""
+    batch_size: int = 16
+    """Global micro-batch in sequences (split across DDP ranks). Tokens per step: batch_size·seq_len·grad_accum."""
+    seq_len: int = 64
+    """Tokens per sequence."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    steps: int = 200
+    """Optimizer steps of the full budget (before ``budget_fraction``)."""
+    warmup_fraction: float = 0.1
+    """Warmup length as a fraction of the run's own steps (after ``budget_fraction``)."""
+    warmup_steps: Optional[int] = None
+    """Warmup length in steps; overrides ``warmup_fraction`` and is not scaled by ``budget_fraction``."""
+    budget_fraction: float = 1.0
+    """Run ``round(budget_fraction·steps)`` steps, with the whole schedule fitted to that length."""
+    seed: int = 0
+    """Seeds model init and batch order: the same config gives the same losses on the same machine."""
+    device: str = "auto"
+    """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``. Under torchrun CUDA uses LOCAL_RANK."""
+    precision: str = "auto"
+    """One of ``PRECISIONS``: ``auto`` = bf16 autocast on CUDA, fp32 on CPU."""
+    compile: bool = False
+    """Wrap the model in ``torch.compile``."""
+    eval_every: int = 50
+    """Validation every this many steps (and always after the last step); 0: only at the end."""
+    eval_batches: int = 8
+    """Number of fixed validation batches."""
+    eval_batch_size: Optional[int] = None
+    """Sequences per validation batch; ``None``: ``batch_size``."""
+    clip: Optional[float] = 1.0
+    """Gradient-norm clipping threshold; ``None`` or 0: no clipping (the norm is still recorded)."""
+    progress: bool = True
+    """Show a tqdm progress bar (rank 0 only)."""
+    save: bool = True
+    """Write the run record."""
+    out_dir: Optional[str] = None
+    """Root of the run records; ``None``: ``<repo>/data/runs``."""
+
+    def validate(self) -> None:
+        """Raise ValueError (listing the allowed values) for a config that cannot run."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        if self.precondition_frequency is not None:
+            if self.optimizer not in TAKES_FREQUENCY:
+                raise ValueError(
+                    f"optimizer {self.optimizer!r} takes no precondition_frequency; "
+                    f"optimizers that do: {', '.join(TAKES_FREQUENCY)}"
+                )
+            if int(self.precondition_frequency) < 1:
+                raise ValueError(f"precondition_frequency must be >= 1, got {self.precondition_frequency}")
+        presets = _presets()
+        if presets is not None and self.preset not in presets:
+            raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(presets)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"unknown device {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
+        if not 0.0 < self.budget_fraction <= 1.0:
+            raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunResult:
+    """What ``train`` returns: the record's content, and where it was written (if it was)."""
+
+    run_id: str
+    config: TrainConfig
+    metrics: Dict[str, List[Any]]
+    summary: Dict[str, Any]
+    provenance: Dict[str, Any]
+    record_path: Optional[Path] = None
+
+    @property
+    def final_val_loss(self) -> Optional[float]:
+        return self.summary.get("final_val_loss")
+
+    @property
+    def final_train_loss(self) -> Optional[float]:
+        return self.summary.get("final_train_loss")
+
+    def record(self) -> Dict[str, Any]:
+        return {
+            "schema": 1,
+            "run_id": self.run_id,
+            "experiment": self.config.experiment,
+            "config": results.config_dict(self.config),
+            "summary": self.summary,
+            "metrics": self.metrics,
+            "provenance": self.provenance,
+        }
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _presets() -> Optional[Tuple[str, ...]]:
+    try:
+        from .models import PRESETS
+    except ImportError:
+        return None
+    return tuple(PRESETS)
+
+
+def effective_steps(config: TrainConfig) -> int:
+    """``round(budget_fraction · steps)`` (halves round up), at least 1."""
+    return max(1, int(math.floor(config.budget_fraction * config.steps + 0.5)))
+
+
+def effective_warmup(config: TrainConfig, steps: Optional[int] = None) -> int:
+    steps = effective_steps(config) if steps is None else steps
+    if config.warmup_steps is not None:
+        return int(config.warmup_steps)
+    return warmup_steps_for(steps, config.warmup_fraction)
+
+
+def optimizer_kwargs(config: TrainConfig) -> Dict[str, Any]:
+    """Keywords for ``build_optimizer``: lr, betas, and eps/weight_decay/precondition_frequency when set."""
+    kw: Dict[str, Any] = {"lr": config.lr, "betas": tuple(config.betas)}
+    if config.eps is not None:
+        kw["eps"] = config.eps
+    if config.weight_decay is not None:
+        kw["weight_decay"] = config.weight_decay
+    if config.precondition_frequency is not None:
+        kw["precondition_frequency"] = int(config.precondition_frequency)
+    kw.update(config.hparams)
+    return kw
+
+
+def _build_optimizer(name: str, params, **kw) -> torch.optim.Optimizer:
+    try:
+        return build_optimizer(name, params, **kw)
+    except ImportError:
+        # The registry imports every optimizer module; AdamW needs none of them.
+        if name != "adamw":
+            raise
+        return torch.optim.AdamW(params, **kw)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held by the tensors in ``optimizer.state`` (nested lists/dicts too), each storage counted once."""
+    storages: Dict[Tuple[str, int], int] = {}
+
+    def visit(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            st = obj.untyped_storage()
+            key = (str(obj.device), st.data_ptr())
+            storages[key] = max(storages.get(key, 0), st.nbytes())
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                visit(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                visit(v)
+
+    for state in optimizer.state.values():
+        visit(state)
+    return sum(storages.values())
+
+
+def _resolve_device(spec: str, local_rank: int) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        spec = f"cuda:{local_rank}"
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for but CUDA is not available; allowed here: auto, cpu")
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed(device_type: str = "cpu") -> Tuple[int, int, int]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA).
+
+    Returns ``(rank, world_size, local_rank)``; ``(0, 1, 0)`` outside torchrun. The group is created once per
+    process and kept (a sweep trains many runs in one group).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def init_distributed_for(config: Optional[TrainConfig]) -> Tuple[int, int, int]:
+    """``init_distributed`` for the device type ``config`` will use."""
+    spec = config.device if config is not None else "auto"
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    return init_distributed(torch.device(spec).type)
+
+
+def broadcast_from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (identity outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16" and device.type != "cuda":
+        raise ValueError(f"precision 'bf16' needs a CUDA device (got {device}); allowed on CPU: auto, fp32")
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=contextlib.nullcontext) -> float:
+    """Mean plain cross-entropy (no z-loss) of ``model`` over the fixed ``batches``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            logits, _ = model(x, y)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        total += float(loss)
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+def _load_data(config: TrainConfig):
+    from . import data
+
+    tok = data.get_tokenizer(config.tokenizer, corpus=config.corpus, vocab_size=config.vocab_size)
+    train_tokens = data.token_stream(config.corpus, config.tokenizer, split="train", vocab_size=config.vocab_size)
+    val_tokens = data.token_stream(config.corpus, config.tokenizer, split="val", vocab_size=config.vocab_size)
+    return data, tok, train_tokens, val_tokens
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+def train(config: TrainConfig) -> RunResult:
+    """Train one run; on rank 0 write its record (when ``config.save``) and return its results."""
+    from tqdm.auto import tqdm
+
+    from . import models
+
+    config.validate()
+    start_iso = results.now_iso()
+    rank, world, local_rank = init_distributed_for(config)
+    device = _resolve_device(config.device, local_rank)
+    autocast = _autocast(device, config.precision)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the world size {world}")
+    if config.eval_batches and (config.eval_batch_size or config.batch_size) < 1:
+        raise ValueError("eval_batch_size must be >= 1")
+
+    steps = effective_steps(config)
+    warmup = effective_warmup(config, steps)
+    tokens_per_step = config.batch_size * config.seq_len * config.grad_accum
+
+    data, tok, train_tokens, val_tokens = _load_data(config)
+    model_cfg = models.gpt_config(config.preset, tok.vocab_size, **config.model_overrides)
+
+    torch.manual_seed(config.seed)
+    model = models.GPT(model_cfg).to(device)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net: torch.nn.Module = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        net = model
+    if config.compile:
+        net = torch.compile(net)
+    optimizer = _build_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
+
+    sampler = data.BatchSampler(
+        train_tokens, config.batch_size, config.seq_len, seed=config.seed, rank=rank, world_size=world
+    )
+    val = data.eval_batches(val_tokens, config.eval_batch_size or config.batch_size, config.seq_len, config.eval_batches)
+
+    metrics: Dict[str, List[Any]] = {
+        k: [] for k in ("step", "loss", "lr", "grad_norm", "time", "step_time", "opt_time",
+                        "val_step", "val_loss", "val_time")
+    }
+    state_bytes = 0
+    diverged = False
+    train_time = 0.0  # wall-clock of training steps, evaluation excluded
+    max_norm = config.clip if config.clip else float("inf")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def run_eval(step: int) -> None:
+        vl = evaluate(model, val, device, autocast)
+        metrics["val_step"].append(step)
+        metrics["val_loss"].append(vl)
+        metrics["val_time"].append(train_time)
+        bar.set_postfix(loss=f"{metrics['loss'][-1]:.4f}" if metrics["loss"] else "-", val=f"{vl:.4f}")
+
+    bar = tqdm(total=steps, disable=not config.progress or rank != 0, desc=results.run_id(config), leave=False)
+    net.train()
+    for step in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        lr = lr_at(step, steps, config.lr, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(config.grad_accum):
+            x, y = sampler.next()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            last = micro == config.grad_accum - 1
+            sync_ctx = net.no_sync() if (world > 1 and not last and hasattr(net, "no_sync")) else contextlib.nullcontext()
+            with sync_ctx:
+                with autocast():
+                    _, loss = net(x, y)
+                (loss / config.grad_accum).backward()
+            loss_sum += loss.detach().float()
+        if world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum /= world
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        step_loss = float(loss_sum) / config.grad_accum
+        if not math.isfinite(step_loss):
+            diverged = True
+        _sync(device)
+        t_opt = time.perf_counter()
+        if not diverged:
+            optimizer.step()
+        _sync(device)
+        opt_time = time.perf_counter() - t_opt
+        optimizer.zero_grad(set_to_none=True)
+        state_bytes = max(state_bytes, optimizer_state_bytes(optimizer))
+        step_time = time.perf_counter() - t0
+        train_time += step_time
+
+        metrics["step"].append(step + 1)
+        metrics["loss"].append(step_loss)
+        metrics["lr"].append(lr)
+        metrics["grad_norm"].append(float(grad_norm))
+        metrics["time"].append(train_time)
+        metrics["step_time"].append(step_time)
+        metrics["opt_time"].append(opt_time)
+        bar.update(1)
+        if diverged:
+            break
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < steps:
+            run_eval(step + 1)
+    if not diverged:
+        run_eval(steps)
+    bar.close()
+
+    summary = _summary(config, metrics, steps, warmup, tokens_per_step, train_time, state_bytes, diverged)
+    summary["num_params"] = sum(p.numel() for p in model.parameters())
+    summary["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    provenance = {
+        **results.environment_info(device),
+        "git_commit": None,
+        "git_dirty": None,
+        "world_size": world,
+        "distributed_backend": dist.get_backend() if world > 1 else None,
+        "start_time": start_iso,
+        "end_time": results.now_iso(),
+    }
+    git = results.git_info()
+    provenance["git_commit"], provenance["git_dirty"] = git["commit"], git["dirty"]
+    result = RunResult(results.run_id(config), config, metrics, summary, provenance)
+    if config.save and rank == 0:
+        result.record_path = results.write_json_atomic(result.record(), results.record_path(config))
+    if world > 1:
+        dist.barrier()
+    return result
+
+
+def _summary(config, metrics, steps, warmup, tokens_per_step, train_time, state_bytes, diverged) -> Dict[str, Any]:
+    done = len(metrics["step"])
+    opt_total = sum(metrics["opt_time"])
+    last = metrics["loss"][-min(10, done):] if done else []
+    return {
+        "steps_total": steps,
+        "steps_done": done,
+        "warmup_steps_used": warmup,
+        "tokens_per_step": tokens_per_step,
+        "tokens": tokens_per_step * done,
+        "final_train_loss": metrics["loss"][-1] if done else None,
+        "final_train_loss_avg10": sum(last) / len(last) if last else None,
+        "final_val_loss": metrics["val_loss"][-1] if (metrics["val_loss"] and not diverged) else None,
+        "min_val_loss": min(metrics["val_loss"]) if metrics["val_loss"] else None,
+        "diverged": diverged,
+        "wall_time": train_time,
+        "opt_time_total": opt_total,
+        "opt_time_share": opt_total / train_time if train_time > 0 else None,
+        "step_time_mean": train_time / done if done else None,
+        "tokens_per_s": tokens_per_step * done / train_time if train_time > 0 else None,
+        "optimizer_state_bytes": state_bytes,
+    }
