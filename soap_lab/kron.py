@@ -77,10 +77,11 @@ class KronLayout:
 
 
 def merged_shape(shape: Sequence[int], max_precond_dim: int) -> Tuple[int, ...]:
-    """Merge consecutive dimensions while their product stays ≤ ``max_precond_dim`` (reference ``merge_dims``).
+    """Merge consecutive dimensions, left to right, while their product stays ≤ ``max_precond_dim``.
 
-    E.g. a conv kernel (128, 64, 3, 3) with max 10000 becomes (128, 576): small kernel dimensions are folded
-    into their neighbour rather than each getting a 3×3 factor.
+    This is the reference ``merge_dims`` rule, kept as is for drop-in parity: a conv kernel (128, 64, 3, 3)
+    with max 10000 becomes (8192, 9) — the 8192 side then gets the identity — while (32, 16, 3, 3) becomes
+    (512, 9) and (4, 4, 4) with max 100 becomes (64,).
     """
     out: List[int] = []
     current = 1

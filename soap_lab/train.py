@@ -143,6 +143,14 @@ class TrainConfig:
         presets = _presets()
         if presets is not None and self.preset not in presets:
             raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(presets)}")
+        try:
+            from .data import CORPORA, TOKENIZERS
+        except ImportError:
+            CORPORA = TOKENIZERS = None
+        if CORPORA is not None and self.corpus not in CORPORA:
+            raise ValueError(f"unknown corpus {self.corpus!r}; allowed: {', '.join(CORPORA)}")
+        if TOKENIZERS is not None and self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"unknown tokenizer {self.tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -380,8 +388,9 @@ def train(config: TrainConfig) -> RunResult:
         net = torch.compile(net)
     optimizer = _build_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
 
+    # The sampler's batch_size is per rank; together the ranks draw the same global batch as one process.
     sampler = data.BatchSampler(
-        train_tokens, config.batch_size, config.seq_len, seed=config.seed, rank=rank, world_size=world
+        train_tokens, config.batch_size // world, config.seq_len, seed=config.seed, rank=rank, world_size=world
     )
     val = data.eval_batches(val_tokens, config.eval_batch_size or config.batch_size, config.seq_len, config.eval_batches)
 

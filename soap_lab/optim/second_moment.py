@@ -48,13 +48,18 @@ def estimate(state: Dict[str, object]) -> Tensor:
     if "exp_avg_sq" in state:
         return state["exp_avg_sq"]  # type: ignore[return-value]
     factors: List[Tensor] = state["exp_avg_sq_factors"]  # type: ignore[assignment]
-    k = len(factors)
-    v_hat = factors[0].reshape((-1,) + (1,) * (k - 1))
+    return rank_one(factors, factors[0].mean())  # mean(V) = mean of every r_d
+
+
+def rank_one(stats: Sequence[Tensor], total: Tensor) -> Tensor:
+    """Adafactor's estimate from per-dimension statistics: ``Π_d stats[d] / total^(k-1)`` (broadcast outer
+    product). For a matrix with row sums A, column sums C and ``total = 1ᵀA`` this is A Cᵀ / 1ᵀA; means
+    (with ``total`` the overall mean) give the same V̂. A zero ``total`` gives V̂ = 0, not NaN."""
+    k = len(stats)
+    v_hat = stats[0].reshape((-1,) + (1,) * (k - 1))
     for d in range(1, k):
-        v_hat = v_hat * factors[d].reshape((1,) * d + (-1,) + (1,) * (k - d - 1))
-    total = factors[0].mean()  # = mean(V) = mean of every r_d
-    tiny = torch.finfo(total.dtype).tiny
-    return v_hat / total.pow(k - 1).clamp_min(tiny)
+        v_hat = v_hat * stats[d].reshape((1,) * d + (-1,) + (1,) * (k - d - 1))
+    return v_hat / total.pow(k - 1).clamp_min(torch.finfo(total.dtype).tiny)
 
 
 def permute_(state: Dict[str, object], perms: Sequence[Optional[Tensor]]) -> None:

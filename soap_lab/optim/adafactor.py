@@ -1,0 +1,177 @@
+"""Adafactor, and Adafactor run in Shampoo's eigenbasis (paper §3, Algorithm 2).
+
+``Adafactor`` is the modern variant the paper uses: momentum β1, a fixed β2 (no relative step size, no β2
+schedule), the factored second moment V̂ = A Cᵀ / 1ᵀA (:mod:`soap_lab.optim.second_moment`), ε added to √V̂,
+Adam-style bias correction, decoupled weight decay, and update clipping only when ``clip_threshold`` is given.
+1-D parameters keep the unfactored second moment.
+
+``EigenAdafactor`` is the same rule applied to ``G' = Q_Lᵀ G Q_R``, with Q the eigenbasis of Shampoo's factors
+(:mod:`soap_lab.kron`), refreshed every ``precondition_frequency`` steps. Claim 1 of the paper: with the basis
+and the statistics recomputed from the current factors at every step (``precondition_frequency=1``,
+``statistics="factors"``), this *is* Shampoo with exponent 1/2 and the trace correction — see
+:mod:`soap_lab.equivalence` and ``tests/test_equivalence.py``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Optional, Tuple
+
+import torch
+
+from .. import kron
+from . import second_moment
+from .base import LabOptimizer
+
+Tensor = torch.Tensor
+
+STATISTICS = ("running", "factors")
+
+
+class Adafactor(LabOptimizer):
+    """Adafactor with momentum (the paper's baseline variant).
+
+    Args:
+        lr (3e-3): learning rate.
+        betas ((0.95, 0.95)): (β1 momentum, β2 for the row/column statistics). β1 = 0 disables momentum.
+        eps (1e-8): added to √V̂.
+        weight_decay (0.0): decoupled weight decay, applied after the update.
+        correct_bias (True): divide the momentum by 1−β1^t and V̂ by 1−β2^t.
+        clip_threshold (None): if set, the update is divided by max(1, RMS(update)/clip_threshold)
+            (Adafactor's update clipping; off by default, as in the paper).
+        on_nonfinite ("raise"): "raise" on NaN/Inf gradients or "skip" the step.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 3e-3,
+        betas: Tuple[float, float] = (0.95, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        correct_bias: bool = True,
+        clip_threshold: Optional[float] = None,
+        *,
+        on_nonfinite: str = "raise",
+        **basis_options: Any,
+    ):
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias,
+                        clip_threshold=clip_threshold, **basis_options)
+        super().__init__(params, defaults, on_nonfinite=on_nonfinite)
+
+    # The basis: identity for Adafactor, Shampoo's eigenbasis for EigenAdafactor.
+    def _layout(self, p: Tensor, group: dict) -> kron.KronLayout:
+        return kron.make_layout(p.shape, max_precond_dim=0)
+
+    def _basis(self, state: dict, g: Tensor, group: dict) -> kron.Bases:
+        return [None] * g.dim()
+
+    def _second_moment(self, state: dict, g_rot: Tensor, group: dict) -> Tensor:
+        second_moment.update_(state, g_rot, group["betas"][1])
+        return second_moment.estimate(state)
+
+    def _update_param(self, group: dict, p: Tensor, grad: Tensor) -> None:
+        state = self.state[p]
+        dtype = kron.state_dtype_for(p.dtype)
+        layout = self._layout(p, group)
+        g = grad.reshape(layout.shape).to(dtype)
+        if "step" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros(layout.shape, dtype=dtype, device=p.device)
+            state.update(second_moment.init(layout.shape, factored=True, dtype=dtype, device=p.device))
+        state["step"] += 1
+        t = state["step"]
+        beta1, beta2 = group["betas"]
+
+        Q = self._basis(state, g, group)  # may rotate exp_avg and permute the statistics
+        g_rot = kron.project(g, Q)
+
+        # Inside the basis: Adafactor.
+        exp_avg = state["exp_avg"]
+        exp_avg.mul_(beta1).add_(g_rot, alpha=1 - beta1)
+        v_hat = self._second_moment(state, g_rot, group)
+        bc1, bc2 = (1 - beta1**t, 1 - beta2**t) if group["correct_bias"] else (1.0, 1.0)
+        update = (exp_avg / bc1) / (v_hat / bc2).sqrt().add_(group["eps"])
+        if group["clip_threshold"] is not None:
+            rms = float(update.square().mean().sqrt())
+            update = update / max(1.0, rms / group["clip_threshold"])
+
+        update = kron.project_back(update, Q)
+        self._apply_update(p, update, group["lr"], group["lr"], group["weight_decay"])
+
+
+class EigenAdafactor(Adafactor):
+    """Adafactor in the eigenbasis of Shampoo's factors (paper Algorithm 2).
+
+    Per step: the factors L, R take the current gradient (EMA with ``shampoo_beta``, or β2 if negative); every
+    ``precondition_frequency`` steps (at steps 1, f+1, 2f+1, ...) the basis is refreshed (``refresh="eigh"``
+    by default, or ``"qr"``: one power iteration, as SOAP); then Adafactor runs on Q_Lᵀ G Q_R and the update
+    is rotated back. Momentum is kept in the eigenbasis and rotated when the basis changes.
+
+    Extra args:
+        precondition_frequency (10), shampoo_beta (-1), max_precond_dim (10000), precondition_1d (False),
+        refresh ("eigh"): as in :class:`soap_lab.SOAP`.
+        statistics ("running"): Adafactor's row/column EMAs of the rotated gradients, accumulated across
+            bases (the practical algorithm), or ``"factors"``: the statistics of *all* past gradients rotated
+            into the current basis, which are exactly diag(Q_Lᵀ L Q_L), diag(Q_Rᵀ R Q_R) and Tr L — the
+            idealized form of Claim 1. ``"factors"`` needs every dimension of a tensor preconditioned; other
+            tensors (e.g. 1-D parameters) use the running statistics.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 3e-3,
+        betas: Tuple[float, float] = (0.95, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        correct_bias: bool = True,
+        clip_threshold: Optional[float] = None,
+        precondition_frequency: int = 10,
+        shampoo_beta: float = -1,
+        max_precond_dim: int = 10000,
+        precondition_1d: bool = False,
+        refresh: str = "eigh",
+        statistics: str = "running",
+        *,
+        on_nonfinite: str = "raise",
+    ):
+        if statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+        if refresh not in ("qr", "eigh"):
+            raise ValueError(f"refresh must be 'qr' or 'eigh', got {refresh!r}")
+        if int(precondition_frequency) < 1:
+            raise ValueError(f"precondition_frequency must be an integer ≥ 1, got {precondition_frequency!r}")
+        super().__init__(
+            params, lr, betas, eps, weight_decay, correct_bias, clip_threshold, on_nonfinite=on_nonfinite,
+            precondition_frequency=int(precondition_frequency), shampoo_beta=shampoo_beta,
+            max_precond_dim=int(max_precond_dim), precondition_1d=precondition_1d, refresh=refresh,
+            statistics=statistics,
+        )
+
+    def _layout(self, p: Tensor, group: dict) -> kron.KronLayout:
+        return kron.make_layout(p.shape, max_precond_dim=group["max_precond_dim"],
+                                precondition_1d=group["precondition_1d"])
+
+    def _basis(self, state: dict, g: Tensor, group: dict) -> kron.Bases:
+        if "GG" not in state:
+            state["GG"] = kron.init_factors(self._layout(g, group), dtype=g.dtype, device=g.device)
+        beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else group["betas"][1]
+        kron.update_factors_(state["GG"], g, beta)
+        Q = state.get("Q")
+        if Q is None:
+            state["Q"] = kron.init_bases(state["GG"])
+        elif (state["step"] - 1) % group["precondition_frequency"] == 0:
+            new_Q, perms = kron.refresh_bases(state["GG"], Q, group["refresh"])
+            second_moment.permute_(state, perms)
+            state["exp_avg"] = kron.project(kron.project_back(state["exp_avg"], Q), new_Q)
+            state["Q"] = new_Q
+        return state["Q"]
+
+    def _second_moment(self, state: dict, g_rot: Tensor, group: dict) -> Tensor:
+        GG = state["GG"]
+        if group["statistics"] == "running" or any(P is None for P in GG):
+            return super()._second_moment(state, g_rot, group)
+        # Statistics of all past gradients rotated into the current basis, read off the factors:
+        # A_d = diag(Q_dᵀ GG_d Q_d) (row sums of the rotated second moment), 1ᵀA = Tr GG_d.
+        stats = [(q * (P @ q)).sum(0) for P, q in zip(GG, state["Q"])]
+        return second_moment.rank_one(stats, GG[0].diagonal().sum())

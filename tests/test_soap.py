@@ -1,0 +1,271 @@
+"""SOAP against independent computations: AdamW reduction, refresh semantics, pytorch-optimizer parity, numerics."""
+import copy
+import math
+
+import pytest
+import torch
+
+from soap_lab import SOAP
+from soap_lab import kron
+from helpers import open_loop_grads, rel, run
+
+F64 = torch.float64
+
+
+# --------------------------------------------------------------------------------------------------------
+# SOAP with identity bases = Adam
+# --------------------------------------------------------------------------------------------------------
+SHAPES = [(6, 5), (7,), (3, 4, 2)]
+
+
+def _adam_reference(init, grads, lr, betas, eps, weight_decay=0.0, eps_before_bias_correction=True,
+                    decay_after=True):
+    """Independent float64 Adam written out by hand, with both of SOAP's conventions switchable."""
+    b1, b2 = betas
+    ws = [x.clone() for x in init]
+    ms = [torch.zeros_like(x) for x in init]
+    vs = [torch.zeros_like(x) for x in init]
+    for t, row in enumerate(grads, start=1):
+        for w, m, v, g in zip(ws, ms, vs, row):
+            if not decay_after:
+                w.mul_(1 - lr * weight_decay)
+            m.mul_(b1).add_((1 - b1) * g)
+            v.mul_(b2).add_((1 - b2) * g * g)
+            if eps_before_bias_correction:
+                upd = (math.sqrt(1 - b2**t) / (1 - b1**t)) * m / (v.sqrt() + eps)
+            else:
+                upd = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+            w.sub_(lr * upd)
+            if decay_after:
+                w.mul_(1 - lr * weight_decay)
+    return ws
+
+
+def test_identity_bases_equal_torch_adam_from_second_call():
+    init = [torch.randn(*s, dtype=F64) for s in SHAPES]
+    grads = open_loop_grads(SHAPES, 30, seed=1)
+    ours, _ = run(lambda ps: SOAP(ps, lr=1e-2, betas=(0.9, 0.99), eps=1e-30, weight_decay=0.0,
+                                  max_precond_dim=0, precondition_frequency=3), init, grads)
+    ref_params = [torch.nn.Parameter(x.clone()) for x in init]
+    adam = torch.optim.Adam(ref_params, lr=1e-2, betas=(0.9, 0.99), eps=1e-30)
+    for row in grads[1:]:  # SOAP's first call only initializes
+        for p, g in zip(ref_params, row):
+            p.grad = g.clone()
+        adam.step()
+    worst = max(rel(a, b) for a, b in zip(ours, ref_params))
+    assert worst <= 1e-12, worst
+
+
+def test_difference_1_eps_enters_before_bias_correction():
+    init = [torch.randn(*s, dtype=F64) for s in SHAPES]
+    grads = open_loop_grads(SHAPES, 12, seed=2, scale=1e-3)  # ε comparable to √V: the convention matters
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-3, weight_decay=0.0, max_precond_dim=0)
+    ours, _ = run(lambda ps: SOAP(ps, **kw), init, grads)
+    before = _adam_reference(init, grads[1:], 1e-2, (0.9, 0.99), 1e-3, eps_before_bias_correction=True)
+    after = _adam_reference(init, grads[1:], 1e-2, (0.9, 0.99), 1e-3, eps_before_bias_correction=False)
+    assert max(rel(a, b) for a, b in zip(ours, before)) <= 1e-12
+    assert max(rel(a, b) for a, b in zip(ours, after)) > 1e-4  # torch's convention is measurably different
+    # ...and torch's Adam with ε_t = ε/√(1−β2^t) would be exact; with the same ε it is not.
+    ref_params = [torch.nn.Parameter(x.clone()) for x in init]
+    adam = torch.optim.Adam(ref_params, lr=1e-2, betas=(0.9, 0.99), eps=1e-3)
+    for row in grads[1:]:
+        for p, g in zip(ref_params, row):
+            p.grad = g.clone()
+        adam.step()
+    assert max(rel(a, b) for a, b in zip(ours, ref_params)) > 1e-4
+
+
+def test_difference_2_weight_decay_after_the_update():
+    init = [torch.randn(*s, dtype=F64) for s in SHAPES]
+    grads = open_loop_grads(SHAPES, 12, seed=3)
+    kw = dict(lr=0.05, betas=(0.9, 0.99), eps=1e-30, weight_decay=0.5, max_precond_dim=0)
+    ours, _ = run(lambda ps: SOAP(ps, **kw), init, grads)
+    after = _adam_reference(init, grads[1:], 0.05, (0.9, 0.99), 1e-30, 0.5, decay_after=True)
+    before = _adam_reference(init, grads[1:], 0.05, (0.9, 0.99), 1e-30, 0.5, decay_after=False)
+    assert max(rel(a, b) for a, b in zip(ours, after)) <= 1e-12
+    assert max(rel(a, b) for a, b in zip(ours, before)) > 1e-4
+    # torch's AdamW decays first: equal to the "before" convention, not to SOAP.
+    ref_params = [torch.nn.Parameter(x.clone()) for x in init]
+    adamw = torch.optim.AdamW(ref_params, lr=0.05, betas=(0.9, 0.99), eps=1e-30, weight_decay=0.5)
+    for row in grads[1:]:
+        for p, g in zip(ref_params, row):
+            p.grad = g.clone()
+        adamw.step()
+    assert max(rel(a, b) for a, b in zip(before, ref_params)) <= 1e-12
+    assert max(rel(a, b) for a, b in zip(ours, ref_params)) > 1e-4
+
+
+# --------------------------------------------------------------------------------------------------------
+# Refresh semantics
+# --------------------------------------------------------------------------------------------------------
+def test_basis_changes_exactly_at_calls_f_plus_1_and_V_persists():
+    f = 4
+    p = torch.nn.Parameter(torch.randn(6, 5, dtype=F64))
+    opt = SOAP([p], precondition_frequency=f)
+    grads = open_loop_grads([(6, 5)], 14, seed=4)
+    changed, prev_Q, prev_V = [], None, None
+    for call, (g,) in enumerate(grads, start=1):
+        p.grad = g.clone()
+        opt.step()
+        st = opt.state[p]
+        Q = [q.clone() for q in st["Q"]]
+        if prev_Q is not None and any(not torch.equal(a, b) for a, b in zip(Q, prev_Q)):
+            changed.append(call)
+        # V is only ever decayed and accumulated (no reset) between refreshes
+        V = st["exp_avg_sq"].clone()
+        if prev_V is not None and call not in changed and call > 1:
+            b2 = 0.95
+            g_rot = kron.project(g, st["Q"])
+            assert torch.allclose(V, b2 * prev_V + (1 - b2) * g_rot**2, rtol=1e-12, atol=0)
+        prev_Q, prev_V = Q, V
+    assert changed == [f + 1, 2 * f + 1, 3 * f + 1]
+
+
+def test_bases_are_orthonormal_and_permutation_invariance():
+    torch.manual_seed(0)
+    P = torch.randn(8, 8, dtype=torch.float32)
+    P = P @ P.T
+    for q in [kron.eigh_descending(P), kron.refresh_bases([P], [kron.eigh_descending(P + 0.3 * torch.eye(8))])[0][0]]:
+        assert float((q.T @ q - torch.eye(8)).abs().max()) < 10 * torch.finfo(torch.float32).eps * 8
+    # Permuting Q's columns together with V's slots leaves the SOAP update unchanged.
+    G = torch.randn(8, 6, dtype=F64)
+    QL, QR = torch.linalg.qr(torch.randn(8, 8, dtype=F64)).Q, torch.linalg.qr(torch.randn(6, 6, dtype=F64)).Q
+    V = torch.rand(8, 6, dtype=F64) + 0.1
+    M = torch.randn(8, 6, dtype=F64)
+
+    def upd(QL, QR, V, M_rot):
+        return kron.project_back(M_rot / (V.sqrt() + 1e-8), [QL, QR])
+
+    base = upd(QL, QR, V, kron.project(M, [QL, QR]))
+    pl, pr = torch.randperm(8), torch.randperm(6)
+    V2 = kron.permute_(V.clone(), [pl, pr])
+    QL2, QR2 = QL[:, pl], QR[:, pr]
+    assert rel(upd(QL2, QR2, V2, kron.project(M, [QL2, QR2])), base) < 1e-14
+    # ...and permuting Q without V does change it (the check is not vacuous)
+    assert rel(upd(QL2, QR2, V, kron.project(M, [QL2, QR2])), base) > 1e-3
+
+
+def test_refresh_sorts_by_estimated_eigenvalue_and_hands_back_the_permutation():
+    torch.manual_seed(1)
+    A = torch.randn(6, 6, dtype=F64)
+    P = A @ A.T
+    evals, evecs = torch.linalg.eigh(P)  # ascending: the reverse of what refresh wants
+    (newQ,), (order,) = kron.refresh_bases([P], [evecs], "qr")
+    assert order.tolist() == list(range(5, -1, -1))
+    est = (newQ * (P @ newQ)).sum(0)
+    assert torch.all(est[:-1] >= est[1:])
+    (eQ,), (eorder,) = kron.refresh_bases([P], [evecs], "eigh")
+    assert torch.allclose((eQ * (P @ eQ)).sum(0), evals.flip(0), rtol=1e-10)
+
+
+def test_momentum_in_eigenbasis_equals_paper_form_float64():
+    shapes = [(7, 5), (5,), (4, 3, 2)]
+    init = [torch.randn(*s, dtype=F64) for s in shapes]
+    grads = open_loop_grads(shapes, 25, seed=5)
+    kw = dict(lr=1e-2, precondition_frequency=3, precondition_1d=True)
+    a, _ = run(lambda ps: SOAP(ps, momentum_space="eigenbasis", **kw), init, grads)
+    b, _ = run(lambda ps: SOAP(ps, momentum_space="original", **kw), init, grads)
+    assert max(rel(x, y) for x, y in zip(a, b)) < 1e-12
+
+
+@pytest.mark.parametrize("refresh", ["qr", "eigh"])
+def test_refresh_methods_track_the_eigenbasis(refresh):
+    """With a stationary gradient distribution both refreshes converge to the factors' eigenbasis."""
+    p = torch.nn.Parameter(torch.zeros(6, 4, dtype=F64))
+    opt = SOAP([p], precondition_frequency=2, refresh=refresh)
+    for (g,) in open_loop_grads([(6, 4)], 60, seed=6):
+        p.grad = g
+        opt.step()
+    st = opt.state[p]
+    for P, q in zip(st["GG"], st["Q"]):
+        off = q.T @ P @ q
+        assert float(off.diagonal().square().sum() / off.square().sum()) > 0.99
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parity with an independent implementation (pytorch-optimizer's SOAP, a port of the reference)
+# --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "shapes,max_dim",
+    [([(12, 12), (9, 9)], 10000), ([(24, 6)], 10), ([(6, 24)], 10)],
+    ids=["square", "one-sided-tall", "one-sided-wide"],
+)
+def test_parity_with_pytorch_optimizer(shapes, max_dim):
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+    init = [torch.randn(*s) for s in shapes]
+    grads = open_loop_grads(shapes, 50, seed=7, dtype=torch.float32)
+    kw = dict(lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01, precondition_frequency=5)
+    ours, _ = run(lambda ps: SOAP(ps, max_precond_dim=max_dim, **kw), init, grads)
+    # pytorch-optimizer spells max_precond_dim and normalize_grads differently and ignores unknown keywords.
+    theirs, topt = run(lambda ps: pytorch_optimizer.SOAP(ps, max_precondition_dim=max_dim, **kw), init, grads)
+    st = topt.state[theirs[0]]
+    assert sum(len(q) > 0 for q in st["Q"]) == (2 if max_dim > 100 else 1)  # the keyword really took effect
+    worst = max(rel(a, b) for a, b in zip(ours, theirs))
+    assert worst <= 1e-4, worst
+    moved = max(rel(a, x) for a, x in zip(ours, init))
+    assert moved > 1e-2
+
+
+# --------------------------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------------------------
+def _state_numel(opt):
+    n = 0
+    for st in opt.state.values():
+        for v in st.values():
+            items = v if isinstance(v, list) else [v]
+            n += sum(x.numel() for x in items if isinstance(x, torch.Tensor))
+    return n
+
+
+def test_variant_state_sizes_match_the_paper():
+    m, n = 12, 8
+    sizes = {}
+    for name, kw in {"soap": {}, "factorized": {"factorized": True}, "one_sided": {"one_sided": True},
+                     "both": {"factorized": True, "one_sided": True}}.items():
+        p = torch.nn.Parameter(torch.zeros(m, n))
+        opt = SOAP([p], **kw)
+        p.grad = torch.randn(m, n)
+        opt.step()
+        sizes[name] = _state_numel(opt)
+    # beyond the weights and gradient: SOAP 2m²+2n²+2mn, factorized 2m²+2n²+mn+m+n, one-sided 2n²+2mn, both 2n²+mn+m+n
+    assert sizes["soap"] == 2 * m * m + 2 * n * n + 2 * m * n
+    assert sizes["factorized"] == 2 * m * m + 2 * n * n + m * n + m + n
+    assert sizes["one_sided"] == 2 * n * n + 2 * m * n
+    assert sizes["both"] == 2 * n * n + m * n + m + n
+    assert sizes["both"] < 3 * m * n + 2 * n * n
+
+
+def test_one_sided_rotates_only_the_smaller_side():
+    assert kron.make_layout((12, 8), one_sided=True).precond == (False, True)
+    assert kron.make_layout((8, 12), one_sided=True).precond == (True, False)
+    assert kron.make_layout((5, 9, 4), one_sided=True).precond == (False, False, True)
+    assert kron.make_layout((20000, 8), one_sided=True).precond == (False, True)
+
+
+def test_factorized_soap_with_rank_one_second_moment_equals_soap():
+    """If every rotated gradient has rank-1 magnitudes (|G'| = a bᵀ), V is rank-1 and Adafactor's V̂ = V."""
+    m, n = 5, 4
+    a, b = torch.rand(m, dtype=F64) + 0.5, torch.rand(n, dtype=F64) + 0.5
+    grads = [[torch.outer(a, b) * torch.sign(torch.randn(m, n, dtype=F64))] for _ in range(12)]
+    init = [torch.zeros(m, n, dtype=F64)]
+    kw = dict(lr=1e-2, max_precond_dim=0, eps=1e-30)
+    x, _ = run(lambda ps: SOAP(ps, **kw), init, grads)
+    y, _ = run(lambda ps: SOAP(ps, factorized=True, **kw), init, grads)
+    assert rel(x[0], y[0]) < 1e-12
+
+
+# --------------------------------------------------------------------------------------------------------
+# Layout rules
+# --------------------------------------------------------------------------------------------------------
+def test_layout_rules():
+    assert kron.make_layout((7,)).precond == (False,)
+    assert kron.make_layout((7,), precondition_1d=True).precond == (True,)
+    assert kron.make_layout((7,), precondition_1d=True, max_precond_dim=5).precond == (False,)
+    assert kron.make_layout((50000, 64)).precond == (False, True)
+    assert kron.make_layout((6, 5), max_precond_dim=0).n_precond == 0
+    assert kron.make_layout(()).shape == (1,)
+    assert kron.merged_shape((128, 64, 3, 3), 10000) == (8192, 9)  # the reference's left-to-right rule
+    assert kron.make_layout((32, 16, 3, 3), merge_dims=True).shape == (512, 9)
+    assert kron.make_layout((128, 64, 3, 3), merge_dims=True).precond == (True, True)
+    assert kron.merged_shape((4, 4, 4), 100) == (64,)
