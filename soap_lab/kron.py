@@ -80,8 +80,8 @@ def merged_shape(shape: Sequence[int], max_precond_dim: int) -> Tuple[int, ...]:
     """Merge consecutive dimensions, left to right, while their product stays ≤ ``max_precond_dim``.
 
     This is the reference ``merge_dims`` rule, kept as is for drop-in parity: a conv kernel (128, 64, 3, 3)
-    with max 10000 becomes (8192, 9) — the 8192 side then gets the identity — while (32, 16, 3, 3) becomes
-    (512, 9) and (4, 4, 4) with max 100 becomes (64,).
+    with max 10000 becomes (8192, 9), (32, 16, 3, 3) becomes (4608,)
+    and (4, 4, 4) with max 100 becomes (64,).
     """
     out: List[int] = []
     current = 1

@@ -266,6 +266,6 @@ def test_layout_rules():
     assert kron.make_layout((6, 5), max_precond_dim=0).n_precond == 0
     assert kron.make_layout(()).shape == (1,)
     assert kron.merged_shape((128, 64, 3, 3), 10000) == (8192, 9)  # the reference's left-to-right rule
-    assert kron.make_layout((32, 16, 3, 3), merge_dims=True).shape == (512, 9)
+    assert kron.make_layout((32, 16, 3, 3), merge_dims=True).shape == (4608,)
     assert kron.make_layout((128, 64, 3, 3), merge_dims=True).precond == (True, True)
     assert kron.merged_shape((4, 4, 4), 100) == (64,)

@@ -25,6 +25,7 @@ from .base import LabOptimizer
 Tensor = torch.Tensor
 
 STATISTICS = ("running", "factors")
+FACTOR_UPDATES = ("after", "before")
 
 
 class Adafactor(LabOptimizer):
@@ -58,12 +59,16 @@ class Adafactor(LabOptimizer):
                         clip_threshold=clip_threshold, **basis_options)
         super().__init__(params, defaults, on_nonfinite=on_nonfinite)
 
-    # The basis: identity for Adafactor, Shampoo's eigenbasis for EigenAdafactor.
+    # The basis: identity for Adafactor; EigenAdafactor overrides these three hooks.
     def _layout(self, p: Tensor, group: dict) -> kron.KronLayout:
         return kron.make_layout(p.shape, max_precond_dim=0)
 
-    def _basis(self, state: dict, g: Tensor, group: dict) -> kron.Bases:
+    def _basis_before_step(self, state: dict, g: Tensor, group: dict) -> Optional[kron.Bases]:
+        """The basis to step in, or None to make this call initialize only (no weight update)."""
         return [None] * g.dim()
+
+    def _basis_after_step(self, state: dict, g: Tensor, group: dict) -> None:
+        """Bookkeeping once the weight has moved (factor update and refresh, for SOAP's ordering)."""
 
     def _second_moment(self, state: dict, g_rot: Tensor, group: dict) -> Tensor:
         second_moment.update_(state, g_rot, group["betas"][1])
@@ -78,11 +83,12 @@ class Adafactor(LabOptimizer):
             state["step"] = 0
             state["exp_avg"] = torch.zeros(layout.shape, dtype=dtype, device=p.device)
             state.update(second_moment.init(layout.shape, factored=True, dtype=dtype, device=p.device))
+        Q = self._basis_before_step(state, g, group)  # may rotate exp_avg and permute the statistics
+        if Q is None:
+            return
         state["step"] += 1
         t = state["step"]
         beta1, beta2 = group["betas"]
-
-        Q = self._basis(state, g, group)  # may rotate exp_avg and permute the statistics
         g_rot = kron.project(g, Q)
 
         # Inside the basis: Adafactor.
@@ -97,24 +103,39 @@ class Adafactor(LabOptimizer):
 
         update = kron.project_back(update, Q)
         self._apply_update(p, update, group["lr"], group["lr"], group["weight_decay"])
+        self._basis_after_step(state, g, group)
 
 
 class EigenAdafactor(Adafactor):
     """Adafactor in the eigenbasis of Shampoo's factors (paper Algorithm 2).
 
-    Per step: the factors L, R take the current gradient (EMA with ``shampoo_beta``, or β2 if negative); every
-    ``precondition_frequency`` steps (at steps 1, f+1, 2f+1, ...) the basis is refreshed (``refresh="eigh"``
-    by default, or ``"qr"``: one power iteration, as SOAP); then Adafactor runs on Q_Lᵀ G Q_R and the update
-    is rotated back. Momentum is kept in the eigenbasis and rotated when the basis changes.
+    Adafactor's rule (momentum, factored V̂, bias correction) applied to G' = Q_Lᵀ G Q_R and rotated back.
+    Momentum is kept in the eigenbasis and rotated when the basis changes.
 
     Extra args:
-        precondition_frequency (10), shampoo_beta (-1), max_precond_dim (10000), precondition_1d (False),
-        refresh ("eigh"): as in :class:`soap_lab.SOAP`.
+        precondition_frequency (10), shampoo_beta (-1), max_precond_dim (10000), precondition_1d (False):
+            as in :class:`soap_lab.SOAP`.
+        refresh ("eigh"): basis refresh by eigendecomposition, or "qr" (one power iteration, as SOAP).
+        factor_update ("after"): when the current gradient enters the factors.
+            ``"after"`` — SOAP's ordering (Algorithm 3, whose Adam is Adafactor here): the first call only
+            builds GG and Q, later calls step in the current basis, then update GG, and refresh Q at steps
+            f, 2f, ... (calls f+1, 2f+1, ...). A gradient never enters the basis that projects it, which
+            also keeps the step well defined while a factor is rank deficient. With ``refresh="qr"`` this
+            is exactly ``SOAP(factorized=True)`` (tested).
+            ``"before"`` — Shampoo's ordering: GG takes the current gradient first and Q is refreshed at
+            steps 1, f+1, 2f+1, ... before stepping. This is the idealized form of Claim 1. Caveat: while a
+            factor is rank deficient (a non-square layer's first steps) the rotated gradient is pure
+            round-off along the factor's null space and Adafactor divides round-off by round-off there; use
+            it on full-rank factors (as the Claim 1 tests do).
         statistics ("running"): Adafactor's row/column EMAs of the rotated gradients, accumulated across
             bases (the practical algorithm), or ``"factors"``: the statistics of *all* past gradients rotated
             into the current basis, which are exactly diag(Q_Lᵀ L Q_L), diag(Q_Rᵀ R Q_R) and Tr L — the
             idealized form of Claim 1. ``"factors"`` needs every dimension of a tensor preconditioned; other
             tensors (e.g. 1-D parameters) use the running statistics.
+
+    Claim 1 as a trajectory: ``EigenAdafactor(factor_update="before", precondition_frequency=1,
+    refresh="eigh", statistics="factors", eps=0)`` equals ``Shampoo(exponent=0.5, trace_scaling=True,
+    grafting=None, eps=0, precondition_frequency=1, start_preconditioning_step=1)`` with the same betas.
     """
 
     def __init__(
@@ -131,12 +152,15 @@ class EigenAdafactor(Adafactor):
         max_precond_dim: int = 10000,
         precondition_1d: bool = False,
         refresh: str = "eigh",
+        factor_update: str = "after",
         statistics: str = "running",
         *,
         on_nonfinite: str = "raise",
     ):
         if statistics not in STATISTICS:
             raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+        if factor_update not in FACTOR_UPDATES:
+            raise ValueError(f"factor_update must be one of {FACTOR_UPDATES}, got {factor_update!r}")
         if refresh not in ("qr", "eigh"):
             raise ValueError(f"refresh must be 'qr' or 'eigh', got {refresh!r}")
         if int(precondition_frequency) < 1:
@@ -145,27 +169,45 @@ class EigenAdafactor(Adafactor):
             params, lr, betas, eps, weight_decay, correct_bias, clip_threshold, on_nonfinite=on_nonfinite,
             precondition_frequency=int(precondition_frequency), shampoo_beta=shampoo_beta,
             max_precond_dim=int(max_precond_dim), precondition_1d=precondition_1d, refresh=refresh,
-            statistics=statistics,
+            factor_update=factor_update, statistics=statistics,
         )
 
     def _layout(self, p: Tensor, group: dict) -> kron.KronLayout:
         return kron.make_layout(p.shape, max_precond_dim=group["max_precond_dim"],
                                 precondition_1d=group["precondition_1d"])
 
-    def _basis(self, state: dict, g: Tensor, group: dict) -> kron.Bases:
-        if "GG" not in state:
+    def _factor_beta(self, group: dict) -> float:
+        return group["shampoo_beta"] if group["shampoo_beta"] >= 0 else group["betas"][1]
+
+    def _refresh(self, state: dict, group: dict) -> None:
+        Q = state["Q"]
+        new_Q, perms = kron.refresh_bases(state["GG"], Q, group["refresh"])
+        second_moment.permute_(state, perms)
+        state["exp_avg"] = kron.project(kron.project_back(state["exp_avg"], Q), new_Q)
+        state["Q"] = new_Q
+
+    def _basis_before_step(self, state: dict, g: Tensor, group: dict) -> Optional[kron.Bases]:
+        first = "GG" not in state
+        if first:
             state["GG"] = kron.init_factors(self._layout(g, group), dtype=g.dtype, device=g.device)
-        beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else group["betas"][1]
-        kron.update_factors_(state["GG"], g, beta)
-        Q = state.get("Q")
-        if Q is None:
+        if group["factor_update"] == "after":
+            if first:  # SOAP's first call: factors and basis from this gradient, no weight update
+                kron.update_factors_(state["GG"], g, self._factor_beta(group))
+                state["Q"] = kron.init_bases(state["GG"])
+                return None
+            return state["Q"]
+        kron.update_factors_(state["GG"], g, self._factor_beta(group))
+        if first:
             state["Q"] = kron.init_bases(state["GG"])
-        elif (state["step"] - 1) % group["precondition_frequency"] == 0:
-            new_Q, perms = kron.refresh_bases(state["GG"], Q, group["refresh"])
-            second_moment.permute_(state, perms)
-            state["exp_avg"] = kron.project(kron.project_back(state["exp_avg"], Q), new_Q)
-            state["Q"] = new_Q
+        elif state["step"] % group["precondition_frequency"] == 0:  # about to take step f+1, 2f+1, ...
+            self._refresh(state, group)
         return state["Q"]
+
+    def _basis_after_step(self, state: dict, g: Tensor, group: dict) -> None:
+        if group["factor_update"] == "after":
+            kron.update_factors_(state["GG"], g, self._factor_beta(group))
+            if state["step"] % group["precondition_frequency"] == 0:
+                self._refresh(state, group)
 
     def _second_moment(self, state: dict, g_rot: Tensor, group: dict) -> Tensor:
         GG = state["GG"]

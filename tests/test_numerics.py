@@ -1,0 +1,196 @@
+"""Bad input and numerics, for every optimizer: clear errors, untouched state, low precision, checkpoints."""
+import copy
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from soap_lab import SOAP, Adafactor, EigenAdafactor, Shampoo, kron
+from helpers import open_loop_grads
+
+OPTIMIZERS = {
+    "soap": lambda ps, **kw: SOAP(ps, precondition_frequency=2, **kw),
+    "soap_factorized_one_sided": lambda ps, **kw: SOAP(ps, precondition_frequency=2, factorized=True, one_sided=True, **kw),
+    "shampoo": lambda ps, **kw: Shampoo(ps, precondition_frequency=2, start_preconditioning_step=1, **kw),
+    "adafactor": lambda ps, **kw: Adafactor(ps, **kw),
+    "eigen_adafactor": lambda ps, **kw: EigenAdafactor(ps, precondition_frequency=2, **kw),
+}
+NAMES = sorted(OPTIMIZERS)
+
+
+def _params(dtype=torch.float32):
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(6, 5, dtype=dtype)), torch.nn.Parameter(torch.randn(5, dtype=dtype)),
+            torch.nn.Parameter(torch.randn(3, 4, 2, dtype=dtype))]
+
+
+def _feed(params, opt, steps, seed=0):
+    for row in open_loop_grads([tuple(p.shape) for p in params], steps, seed=seed, dtype=torch.float32):
+        for p, g in zip(params, row):
+            p.grad = g.to(p.dtype)
+        opt.step()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sparse_and_complex_gradients_raise_value_error_naming_the_parameter(name):
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = OPTIMIZERS[name]([p])
+    p.grad = torch.randn(4, 3).to_sparse()
+    with pytest.raises(ValueError, match=r"sparse.*param_groups\[0\]\['params'\]\[0\].*\(4, 3\)"):
+        opt.step()
+    c = torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64))
+    opt = OPTIMIZERS[name]([c])
+    c.grad = torch.randn(4, 3, dtype=torch.complex64)
+    with pytest.raises(ValueError, match=r"complex.*param_groups\[0\]\['params'\]\[0\]"):
+        opt.step()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_gradient_raises_and_leaves_everything_untouched(name, bad):
+    params = _params()
+    opt = OPTIMIZERS[name](params)
+    _feed(params, opt, 3)
+    before_state = copy.deepcopy(opt.state_dict())
+    before_params = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    params[2].grad[1, 2, 0] = bad
+    with pytest.raises(FloatingPointError, match=r"param_groups\[0\]\['params'\]\[2\].*at step \d"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before_params, params))
+    after_state = opt.state_dict()
+    for k, v in before_state["state"].items():
+        for key, val in v.items():
+            assert _same(val, after_state["state"][k][key]), key
+
+
+def _same(a, b):
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_gradient_can_skip_the_step(name):
+    params = _params()
+    opt = OPTIMIZERS[name](params, on_nonfinite="skip")
+    _feed(params, opt, 2)
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.full_like(p, float("nan"))
+    opt.step()
+    assert opt.skipped_steps == 1 and all(torch.equal(a, b) for a, b in zip(before, params))
+    _feed(params, opt, 2, seed=1)
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_gradients_never_crash(name):
+    params = _params()
+    opt = OPTIMIZERS[name](params)
+    for _ in range(5):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in params)
+    _feed(params, opt, 4)
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_eigh_fallback_chain():
+    # singular and all-zero factors: an orthonormal basis, no warning
+    for P in (torch.zeros(5, 5), torch.ones(5, 5)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            q = kron.eigh_descending(P)
+        assert torch.allclose(q.T @ q, torch.eye(5), atol=1e-5)
+    # a factor eigh cannot handle at all (NaN): identity, with a warning
+    with pytest.warns(RuntimeWarning, match="identity"):
+        q = kron.eigh_descending(torch.full((4, 4), float("nan")))
+    assert torch.equal(q, torch.eye(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", NAMES)
+def test_low_precision_parameters_use_fp32_state(name, dtype):
+    params = _params(dtype)
+    ref = [torch.nn.Parameter(p.detach().float()) for p in params]
+    opt, ref_opt = OPTIMIZERS[name](params, lr=1e-2), OPTIMIZERS[name](ref, lr=1e-2)
+    _feed(params, opt, 6)
+    _feed(ref, ref_opt, 6)
+    for p, r in zip(params, ref):
+        assert p.dtype == dtype and torch.isfinite(p).all()
+        # Gradients are open loop, so the runs differ only by rounding the weights once per step (≤ ulp/2 each):
+        bound = 6 * torch.finfo(dtype).eps * float(r.detach().abs().max())
+        assert float((p.detach().float() - r.detach()).abs().max()) <= bound
+    for st_ in opt.state.values():
+        for v in st_.values():
+            for x in (v if isinstance(v, list) else [v]):
+                if isinstance(x, torch.Tensor) and x.is_floating_point():
+                    assert x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_round_trip_continues_bit_exactly(name, dtype):
+    params = _params(dtype)
+    opt = OPTIMIZERS[name](params)
+    _feed(params, opt, 5)
+    saved_params = [p.detach().clone() for p in params]
+    saved = copy.deepcopy(opt.state_dict())
+    _feed(params, opt, 6, seed=9)
+    fresh = [torch.nn.Parameter(x.clone()) for x in saved_params]
+    fresh_opt = OPTIMIZERS[name](fresh)
+    fresh_opt.load_state_dict(saved)
+    _feed(fresh, fresh_opt, 6, seed=9)
+    assert all(torch.equal(a, b) for a, b in zip(params, fresh))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.lists(st.integers(1, 7), min_size=0, max_size=4).map(tuple),
+    max_dim=st.sampled_from([0, 3, 6, 10000]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    name=st.sampled_from(NAMES),
+    merge=st.booleans(),
+    precondition_1d=st.booleans(),
+)
+def test_property_any_shape_and_dtype(shape, max_dim, dtype, name, merge, precondition_1d):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(shape, dtype=dtype))
+    kw = dict(max_precond_dim=max_dim, precondition_1d=precondition_1d) if name != "adafactor" else {}
+    if name.startswith("soap"):
+        kw["merge_dims"] = merge
+    opt = OPTIMIZERS[name]([p], **kw)
+    for _ in range(4):
+        p.grad = torch.randn(shape, dtype=dtype)
+        opt.step()
+    assert p.shape == shape and p.dtype == dtype and torch.isfinite(p).all()
+    st_ = opt.state[p]
+    for q in st_.get("Q") or []:
+        if q is not None:
+            assert q.dtype == kron.state_dtype_for(dtype) and q.shape[0] <= max(max_dim, 1) * 7**3
+            eye = torch.eye(q.shape[0], dtype=q.dtype)
+            assert float((q.T @ q - eye).abs().max()) < 1e-4
+    for P in st_.get("GG") or []:
+        if P is not None:
+            assert P.shape[0] <= max_dim and torch.allclose(P, P.T)
+
+
+def test_invalid_hyperparameters_are_rejected():
+    p = [torch.nn.Parameter(torch.zeros(2, 2))]
+    with pytest.raises(ValueError, match="learning rate"):
+        SOAP(p, lr=-1.0)
+    with pytest.raises(ValueError, match="betas"):
+        SOAP(p, betas=(0.9, 1.5))
+    with pytest.raises(ValueError, match="refresh"):
+        SOAP(p, refresh="svd")
+    with pytest.raises(ValueError, match="precondition_frequency"):
+        SOAP(p, precondition_frequency=0)
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        SOAP(p, on_nonfinite="ignore")
