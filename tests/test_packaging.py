@@ -1,0 +1,43 @@
+"""The conda environment lists the same dependencies as pyproject.toml; the public API is importable."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    for extra in ("dev", "bench"):
+        wanted |= {_name(r) for r in project["optional-dependencies"][extra]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    listed = set()
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            listed |= {_name(r) for r in dep["pip"] if not r.startswith("-e")}
+        else:
+            listed.add(_name(dep.replace("=", "==", 1) if "=" in dep and "==" not in dep and ">" not in dep else dep))
+    listed -= {"python", "pip"}
+    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+    assert any(str(d).strip() == "-e ." for dep in env["dependencies"] if isinstance(dep, dict) for d in dep["pip"])
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_torch_is_pinned_for_dev_and_ci():
+    assert (ROOT / "constraints.txt").read_text().split() == ["torch==2.13.0"]
+    assert "constraints.txt" in (ROOT / "Makefile").read_text()
+
+
+def test_public_api():
+    import soap_lab
+    from soap_lab import SOAP, Adafactor, EigenAdafactor, Shampoo
+
+    assert all(issubclass(c, __import__("torch").optim.Optimizer) for c in (SOAP, Shampoo, Adafactor, EigenAdafactor))
+    assert soap_lab.__version__
