@@ -64,7 +64,7 @@ SOURCES: dict[str, dict] = {
             "package": "r-cran-janeaustenr",
             "version": "1.0.0-1",
             "filename": "r-cran-janeaustenr_1.0.0-1_all.deb",
-            "url": "http://deb.debian.org/debian/pool/main/r/r-cran-janeaustenr/r-cran-janeaustenr_1.0.0-1_all.deb",
+            "url": "https://deb.debian.org/debian/pool/main/r/r-cran-janeaustenr/r-cran-janeaustenr_1.0.0-1_all.deb",
             "sha256": "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
         },
     },

@@ -82,7 +82,7 @@ class GPTConfig:
 PRESETS: dict[str, dict] = {
     # CI: forward+backward in milliseconds.
     "tiny": dict(seq_len=32, n_layer=2, n_head=2, d_model=32),
-    # 2 CPU cores, char tokenizer (vocab ~80): ~0.45M params; ~0.25 s per AdamW step at batch 32 x 128.
+    # 2 CPU cores, char tokenizer (vocab ~80): ~0.46M params; ~0.15 s per AdamW step at batch 32 x 128.
     "cpu": dict(seq_len=128, n_layer=4, n_head=4, d_model=96),
     # One GPU: ~25M non-embedding params (+ 2 * vocab * 512 embedding params).
     "gpu": dict(seq_len=512, n_layer=8, n_head=8, d_model=512),
@@ -154,6 +154,8 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Under autocast LayerNorm runs in float32; SDPA needs q, k, v of one dtype.
+        q, k = q.to(v.dtype), k.to(v.dtype)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -275,6 +277,12 @@ def anisotropic_regression(m: int = 16, n: int = 12, n_samples: int = 512, condi
     term)`` and Hessian ``Σ̂ ⊗ A`` — a Kronecker product, exactly the structure Shampoo/SOAP model. Adam's
     diagonal preconditioner cannot undo the rotations; in the rotated coordinates ``Pᵀ W Q`` the problem
     becomes diagonal (axis-aligned), which is the basis SOAP estimates from ``G Gᵀ`` and ``Gᵀ G``.
+
+    What to expect (defaults, full-batch gradients, 300 steps, lr tuned per optimizer, Adam's usual
+    betas (0.9, 0.999), no weight decay): SOAP reaches a loss around 1e-14 (1e-10 after 200 steps) while
+    AdamW stalls around 4e-6, starting from 0.3; plain Adam in the rotated coordinates ``Pᵀ W Q`` behaves
+    like SOAP. With β2 = 0.95 (the paper's LM setting) the updates become sign-like on this deterministic
+    problem and the gap shrinks to a few times. ``noise > 0`` adds label noise (a loss floor ``min_loss``).
 
     Returns a dict of float32 tensors and helpers:
       ``X`` (n_samples, n), ``Y`` (n_samples, m), ``W_star`` (m, n), ``W0`` (m, n; zeros, the start point),
