@@ -1,0 +1,196 @@
+"""The paper's experiments as grids of training runs, at CPU and GPU scale (paper §3, Figs. 1-4, 6, 7).
+
+Every experiment of one scale shares one run pool, ``data/runs/paper_<scale>/``: a run needed by several
+figures (e.g. SOAP at f=10 and the tuned learning rate is in the frequency ablation, the comparison, the
+variants and the batch-size study) is trained once. Each function returns the configs of one study; the
+sweep engine (:func:`soap_lab.results.run_sweep`) skips runs whose record exists, so every study resumes.
+
+Protocol (as the paper, scaled down): the learning rate of each optimizer is tuned by a small sweep at f=10
+(``lr_sweep``); every other study uses the tuned value. β1 = β2 = 0.95. Shampoo is the paper's baseline
+(exponent 1/2.5, ε 1e-12, Adam grafting, preconditioning from step f).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import results
+
+STUDIES = ("lr_sweep", "frequency", "comparison", "batch_size", "variants")
+
+#: The paper's Shampoo baseline (DistributedShampoo with root 2.5, ε 1e-12, Adam grafting).
+SHAMPOO_BASELINE = {"exponent": 0.4, "eps": 1e-12, "grafting": "adam"}
+SOAP_VARIANTS = ("soap", "soap_factorized", "soap_one_sided", "soap_factorized_one_sided")
+
+
+class MissingResults(RuntimeError):
+    """A study needs results that are not stored yet (message says which command produces them)."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one scale of the study. Defaults: the CPU scale (a run ≈ 1-2 min on 2 cores)."""
+
+    name: str = "cpu"
+    preset: str = "cpu"
+    """Model preset (``soap_lab.models.PRESETS``)."""
+    tokenizer: str = "char"
+    batch_size: int = 32
+    """Sequences per step at the reference batch (the preset's seq_len tokens each)."""
+    steps: int = 300
+    eval_every: int = 25
+    eval_batches: int = 8
+    device: str = "cpu"
+    lrs: Dict[str, Tuple[float, ...]] = field(default_factory=lambda: {
+        "adamw": (3e-3, 1e-2, 3e-2), "soap": (3e-3, 1e-2, 3e-2), "shampoo": (3e-3, 1e-2, 3e-2)})
+    """Learning-rate grid per tuned optimizer (SOAP's variants use SOAP's tuned value)."""
+    frequencies: Tuple[int, ...] = (1, 3, 10, 30, 100)
+    batch_sizes: Tuple[int, ...] = (8, 32, 128)
+    budget_fractions: Tuple[float, ...] = (0.5, 0.625, 0.75, 0.875, 1.0)
+    base_frequency: int = 10
+    seeds: Tuple[int, ...] = (0,)
+
+    @property
+    def experiment(self) -> str:
+        return f"paper_{self.name}"
+
+
+SCALES: Dict[str, Scale] = {
+    "cpu": Scale(),
+    # One H100/H200: a 25M-parameter GPT (plus embeddings) on BPE tokens, 64×512 tokens per step.
+    "gpu": Scale(name="gpu", preset="gpu", tokenizer="bpe", batch_size=64, steps=1000, eval_every=50,
+                 eval_batches=16, device="cuda",
+                 lrs={"adamw": (1e-3, 3e-3, 1e-2), "soap": (1e-3, 3e-3, 1e-2), "shampoo": (1e-3, 3e-3, 1e-2)},
+                 batch_sizes=(16, 64, 256)),
+}
+
+
+def get_scale(name: str, **overrides: Any) -> Scale:
+    """The scale called ``name`` (``cpu`` or ``gpu``), with fields overridden (e.g. ``steps=20`` for a smoke run)."""
+    if name not in SCALES:
+        raise ValueError(f"unknown scale {name!r}; allowed: {', '.join(SCALES)}")
+    return dataclasses.replace(SCALES[name], **overrides) if overrides else SCALES[name]
+
+
+def _base(scale: Scale, root: Optional[str]):
+    from .train import TrainConfig
+
+    return TrainConfig(
+        experiment=scale.experiment, preset=scale.preset, tokenizer=scale.tokenizer,
+        batch_size=scale.batch_size, steps=scale.steps, eval_every=scale.eval_every,
+        eval_batches=scale.eval_batches, device=scale.device, betas=(0.95, 0.95), out_dir=root, progress=False,
+    )
+
+
+def _config(scale: Scale, root: Optional[str], optimizer: str, lr: float, **fields: Any):
+    hparams = dict(fields.pop("hparams", {}))
+    if optimizer == "shampoo":
+        hparams = {**SHAMPOO_BASELINE, **hparams}
+    f = fields.pop("precondition_frequency", scale.base_frequency)
+    from .train import TAKES_FREQUENCY
+
+    return dataclasses.replace(
+        _base(scale, root), optimizer=optimizer, lr=float(lr), hparams=hparams,
+        precondition_frequency=f if optimizer in TAKES_FREQUENCY else None, **fields)
+
+
+def label(config: Any) -> str:
+    """Name of a run's optimizer for legends: ``SOAP (eigh)``, ``Shampoo``, ``AdamW``, ``SOAP factorized``..."""
+    d = results.config_dict(config)
+    name = d["optimizer"]
+    pretty = {"adamw": "AdamW", "shampoo": "Shampoo", "adafactor": "Adafactor", "eigen_adafactor": "EigenAdafactor",
+              "soap": "SOAP", "soap_factorized": "SOAP factorized", "soap_one_sided": "SOAP one-sided",
+              "soap_factorized_one_sided": "SOAP factorized + one-sided"}.get(name, name)
+    if name.startswith("soap") and (d.get("hparams") or {}).get("refresh") == "eigh":
+        pretty += " (eigh)"
+    return pretty
+
+
+# ------------------------------------------------------------------------------------------ studies
+def lr_sweep(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """Each tuned optimizer over its learning-rate grid, at f = base_frequency and the reference batch."""
+    return [_config(scale, root, opt, lr, seed=s) for opt, lrs in scale.lrs.items() for lr in lrs for s in scale.seeds]
+
+
+def tuned_lr(optimizer: str, scale: Scale, root: Optional[str] = None) -> float:
+    """The lr of ``lr_sweep`` with the lowest final validation loss for ``optimizer`` (SOAP variants: SOAP's)."""
+    tuned = "soap" if optimizer.startswith("soap") else optimizer
+    if tuned not in scale.lrs:
+        raise ValueError(f"no learning-rate grid for {optimizer!r} at scale {scale.name!r}; tuned: {list(scale.lrs)}")
+    best: Optional[Tuple[float, float]] = None
+    for cfg in lr_sweep(scale, root):
+        if cfg.optimizer != tuned:
+            continue
+        path = results.record_path(cfg)
+        if not path.exists():
+            raise MissingResults(
+                f"the learning-rate sweep for {tuned} at scale {scale.name!r} is not finished ({path.name} missing): "
+                f"run `python -m soap_lab ablations --scale {scale.name} --study lr_sweep` (or `make ablations SCALE={scale.name}`)")
+        loss = results.read_record(path)["summary"].get("final_val_loss")
+        if loss is not None and math.isfinite(loss) and (best is None or loss < best[0]):
+            best = (loss, cfg.lr)
+    if best is None:
+        raise MissingResults(f"every {tuned} run of the learning-rate sweep diverged at scale {scale.name!r}")
+    return best[1]
+
+
+def frequency(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """Fig. 1 right / Fig. 7 right: final loss vs f for Shampoo, SOAP (QR) and SOAP (eigh); AdamW as a line."""
+    out = [_config(scale, root, "adamw", tuned_lr("adamw", scale, root))]
+    for f in scale.frequencies:
+        out.append(_config(scale, root, "shampoo", tuned_lr("shampoo", scale, root), precondition_frequency=f))
+        out.append(_config(scale, root, "soap", tuned_lr("soap", scale, root), precondition_frequency=f))
+        out.append(_config(scale, root, "soap", tuned_lr("soap", scale, root), precondition_frequency=f,
+                           hparams={"refresh": "eigh"}))
+    return out
+
+
+def comparison(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """Figs. 1-3: AdamW, Shampoo at the full budget; SOAP at every budget fraction (the efficiency fit)."""
+    out = [_config(scale, root, "adamw", tuned_lr("adamw", scale, root)),
+           _config(scale, root, "shampoo", tuned_lr("shampoo", scale, root))]
+    out += [_config(scale, root, "soap", tuned_lr("soap", scale, root), budget_fraction=b) for b in scale.budget_fractions]
+    return out
+
+
+def batch_size(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """Fig. 4: AdamW and SOAP at several batch sizes, f scaled with 1/batch as in the paper."""
+    out = []
+    for b in scale.batch_sizes:
+        f = max(1, round(scale.base_frequency * scale.batch_size / b))
+        out.append(_config(scale, root, "adamw", tuned_lr("adamw", scale, root), batch_size=b))
+        out.append(_config(scale, root, "soap", tuned_lr("soap", scale, root), batch_size=b, precondition_frequency=f))
+    return out
+
+
+def variants(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """Fig. 6: SOAP and its factorized / one-sided variants, with Shampoo and AdamW."""
+    out = [_config(scale, root, "adamw", tuned_lr("adamw", scale, root)),
+           _config(scale, root, "shampoo", tuned_lr("shampoo", scale, root))]
+    out += [_config(scale, root, v, tuned_lr(v, scale, root)) for v in SOAP_VARIANTS]
+    return out
+
+
+def configs(study: str, scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """The configs of ``study`` (one of :data:`STUDIES`) at ``scale``."""
+    if study not in STUDIES:
+        raise ValueError(f"unknown study {study!r}; allowed: {', '.join(STUDIES)}")
+    return globals()[study](scale, root)
+
+
+def run(study: str, scale: Scale, root: Optional[str] = None, shard: Optional[Tuple[int, int]] = None,
+        log=print) -> List[Dict[str, Any]]:
+    """Train the missing runs of ``study`` (``lr_sweep`` first if the study needs tuned learning rates)."""
+    if study != "lr_sweep":
+        try:
+            configs(study, scale, root)
+        except MissingResults:
+            run("lr_sweep", scale, root, shard=shard, log=log)
+            # with shards, the other shards' part of the lr sweep may still be running: say so
+            configs(study, scale, root)
+    todo = configs(study, scale, root)
+    if shard is not None:
+        todo = results.shard(todo, *shard)
+    return results.run_sweep(todo, log=log)
