@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -28,6 +29,23 @@ def _kv(text: str) -> tuple:
     return key.strip().replace("-", "_"), parsed
 
 
+def _split_hparams(pairs) -> tuple:
+    """``[(key, value)]`` -> (hparams for every optimizer, {optimizer: hparams}) from ``[NAME:]KEY`` keys."""
+    from .optim import OPTIMIZERS
+
+    common: Dict[str, Any] = {}
+    per: Dict[str, Dict[str, Any]] = {}
+    for key, value in pairs:
+        if ":" in key:
+            name, key = key.split(":", 1)
+            if name not in OPTIMIZERS:
+                raise ValueError(f"--hparam {name}:{key}: unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+            per.setdefault(name, {})[key] = value
+        else:
+            common[key] = value
+    return common, per
+
+
 def _presets() -> Optional[List[str]]:
     from .train import _presets as presets
 
@@ -36,7 +54,7 @@ def _presets() -> Optional[List[str]]:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from .train import PRECISIONS, TrainConfig
+    from .train import DTYPES, PRECISIONS, TrainConfig
 
     d = TrainConfig()
     g = p.add_argument_group("run (defaults: TrainConfig's)")
@@ -44,14 +62,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--betas", type=float, nargs=2, default=list(d.betas), metavar=("B1", "B2"))
     g.add_argument("--eps", type=float, default=d.eps)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--hparam", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="other optimizer keyword, e.g. refresh=eigh, max_precond_dim=1024 (repeatable)")
+    g.add_argument("--hparam", type=_kv, action="append", default=[], metavar="[NAME:]KEY=VALUE",
+                   help="other optimizer keyword, e.g. refresh=eigh; with NAME: only for that optimizer, "
+                        "e.g. shampoo:exponent=2.5 (repeatable)")
     presets = _presets()
     g.add_argument("--preset", default=d.preset, choices=presets, help="model size")
     g.add_argument("--model", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="GPTConfig override, e.g. n_layer=2 (repeatable)")
-    g.add_argument("--corpus", default=d.corpus)
-    g.add_argument("--tokenizer", default=d.tokenizer)
+    try:
+        from .data import CORPORA, TOKENIZERS
+    except ImportError:
+        CORPORA = TOKENIZERS = None
+    g.add_argument("--corpus", default=d.corpus, choices=CORPORA)
+    g.add_argument("--tokenizer", default=d.tokenizer, choices=TOKENIZERS)
     g.add_argument("--vocab-size", type=int, default=d.vocab_size)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global micro-batch (sequences)")
     g.add_argument("--seq-len", type=int, default=d.seq_len)
@@ -61,6 +84,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     g.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    g.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="parameter dtype (default float32)")
     g.add_argument("--compile", action="store_true")
     g.add_argument("--eval-every", type=int, default=d.eval_every)
     g.add_argument("--eval-batches", type=int, default=d.eval_batches)
@@ -106,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _base_config(args: argparse.Namespace, **extra: Any):
+def _base_config(args: argparse.Namespace, hparams: Dict[str, Any], **extra: Any):
     from .train import TrainConfig
 
     return TrainConfig(
@@ -114,7 +138,7 @@ def _base_config(args: argparse.Namespace, **extra: Any):
         betas=tuple(args.betas),
         eps=args.eps,
         weight_decay=args.weight_decay,
-        hparams=dict(args.hparam),
+        hparams=hparams,
         preset=args.preset,
         model_overrides=dict(args.model),
         corpus=args.corpus,
@@ -128,6 +152,7 @@ def _base_config(args: argparse.Namespace, **extra: Any):
         warmup_steps=args.warmup_steps,
         device=args.device,
         precision=args.precision,
+        dtype=args.dtype,
         compile=args.compile,
         eval_every=args.eval_every,
         eval_batches=args.eval_batches,
@@ -141,6 +166,8 @@ def _base_config(args: argparse.Namespace, **extra: Any):
 
 
 def _report(result) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+        return
     s = result.summary
     val = s.get("final_val_loss")
     print(
@@ -170,19 +197,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .train import train
 
     try:
+        common, per_optimizer = _split_hparams(args.hparam)
         if args.command == "train":
             config = _base_config(
-                args, optimizer=args.optimizer, lr=args.lr, precondition_frequency=args.precondition_frequency,
-                seed=args.seed, budget_fraction=args.budget_fraction,
+                args, {**common, **per_optimizer.get(args.optimizer, {})}, optimizer=args.optimizer, lr=args.lr,
+                precondition_frequency=args.precondition_frequency, seed=args.seed,
+                budget_fraction=args.budget_fraction,
             )
             config.validate()
             configs = [config]
         else:
             i, n = results.parse_shard(args.shard)
-            base = _base_config(args)
+            base = _base_config(args, common)
             configs = results.grid(
                 base, optimizers=args.optimizers, frequencies=args.frequencies, lrs=args.lrs,
-                seeds=args.seeds, budget_fractions=args.budget_fractions,
+                seeds=args.seeds, budget_fractions=args.budget_fractions, optimizer_hparams=per_optimizer,
             )
             for c in configs:
                 c.validate()
@@ -197,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 0
             _report(train(configs[0]))
             return 0
-        print(f"shard {args.shard}: {len(configs)} runs")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"shard {args.shard}: {len(configs)} runs")
         if args.dry_run:
             for c in configs:
                 print(f"  {'done' if results.has_record(c) else 'todo'}  {results.record_path(c)}")

@@ -151,6 +151,7 @@ def write_json_atomic(obj: Any, path: os.PathLike) -> Path:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; records are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -373,6 +374,7 @@ def grid(
     lrs: Optional[Sequence[float]] = None,
     seeds: Optional[Sequence[int]] = None,
     budget_fractions: Optional[Sequence[float]] = None,
+    optimizer_hparams: Optional[Mapping[str, Mapping[str, Any]]] = None,
     **fixed: Any,
 ) -> List[Any]:
     """The configs of a sweep, in a fixed order (optimizer, then frequency, lr, seed, budget fraction).
@@ -380,7 +382,8 @@ def grid(
     ``base`` is a ``TrainConfig``; ``fixed`` overrides its fields for every point (e.g. ``batch_size=64``).
     An axis left as ``None`` keeps the base value. Frequencies apply only to optimizers that take a
     ``precondition_frequency`` (``train.TAKES_FREQUENCY``); the others get ``None`` once, not once per
-    frequency. Points are unique by run id.
+    frequency. ``optimizer_hparams[name]`` is merged over ``base.hparams`` for optimizer ``name`` only
+    (e.g. Shampoo's ``exponent``). Points are unique by run id.
     """
     from .train import TAKES_FREQUENCY
 
@@ -389,15 +392,17 @@ def grid(
     freqs = list(frequencies) if frequencies else [base.precondition_frequency]
     out: List[Any] = []
     seen = set()
+    per_opt = dict(optimizer_hparams or {})
     for opt in opts:
         opt_freqs = freqs if opt in TAKES_FREQUENCY else [None]
+        hparams = {**base.hparams, **per_opt.get(opt, {})}
         for f in opt_freqs:
             for lr in (lrs or [base.lr]):
                 for seed in (seeds or [base.seed]):
                     for bf in (budget_fractions or [base.budget_fraction]):
                         cfg = dataclasses.replace(
                             base, optimizer=opt, precondition_frequency=f, lr=float(lr),
-                            seed=int(seed), budget_fraction=float(bf),
+                            seed=int(seed), budget_fraction=float(bf), hparams=dict(hparams),
                         )
                         rid = run_id(cfg)
                         if rid not in seen:

@@ -5,9 +5,11 @@ The paper's setup (Vyas et al. 2024, section 3), at whatever scale the preset gi
 on CUDA, gradient accumulation so a step can hold many tokens, periodic validation cross-entropy on fixed
 batches, and a ``budget_fraction`` that shortens a run *and its schedule* (the paper's efficiency protocol).
 
-Per step the run records the train loss, lr, gradient norm, wall-clock time, and the time of
+Per step the run records the train loss (plain cross-entropy, averaged over micro-batches and ranks; the
+z-loss is optimized but not reported), lr, gradient norm (before clipping), wall-clock time, and the time of
 ``optimizer.step()`` alone (CUDA-synchronized around it), plus the peak size of the optimizer state. The
-run ends with one JSON record (``soap_lab.results``) holding the config, these metrics and provenance.
+validation loss is the plain cross-entropy on fixed batches. The run ends with one JSON record
+(``soap_lab.results``) holding the config, these metrics and provenance.
 
 Under ``torchrun`` (WORLD_SIZE > 1) the same function trains with DistributedDataParallel (gloo on CPU,
 nccl on CUDA): each rank takes its slice of every global batch, the optimizers see the all-reduced
@@ -27,7 +29,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from . import results
 from .optim import OPTIMIZERS, build_optimizer
@@ -39,6 +40,7 @@ __all__ = [
     "train",
     "TAKES_FREQUENCY",
     "PRECISIONS",
+    "DTYPES",
     "effective_steps",
     "optimizer_kwargs",
     "optimizer_state_bytes",
@@ -55,6 +57,8 @@ TAKES_FREQUENCY = (
 )
 #: ``auto``: bf16 autocast on CUDA, fp32 elsewhere; ``bf16``: autocast (CUDA only); ``fp32``: none.
 PRECISIONS = ("auto", "bf16", "fp32")
+#: Parameter dtypes (``TrainConfig.dtype``).
+DTYPES = ("float32", "float64")
 
 
 @dataclass
@@ -91,10 +95,10 @@ class TrainConfig:
     """Tokenizer kind for ``soap_lab.data.get_tokenizer``."""
     vocab_size: int = 4096
     """Vocabulary size of trained tokenizers (ignored by the char tokenizer)."""
-    batch_size: int = 16
+    batch_size: int = 32
     """Global micro-batch in sequences (split across DDP ranks). Tokens per step: batch_size·seq_len·grad_accum."""
-    seq_len: int = 64
-    """Tokens per sequence."""
+    seq_len: Optional[int] = None
+    """Tokens per sequence; ``None``: the model's context length (the preset's ``seq_len``)."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
     steps: int = 200
@@ -111,6 +115,9 @@ class TrainConfig:
     """``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``. Under torchrun CUDA uses LOCAL_RANK."""
     precision: str = "auto"
     """One of ``PRECISIONS``: ``auto`` = bf16 autocast on CUDA, fp32 on CPU."""
+    dtype: Optional[str] = None
+    """Parameter (and optimizer state) dtype, one of ``DTYPES``; ``None``: float32. float64 makes runs
+    insensitive to round-off (SOAP's eigenbases amplify float32 round-off); it excludes bf16 autocast."""
     compile: bool = False
     """Wrap the model in ``torch.compile``."""
     eval_every: int = 50
@@ -128,6 +135,18 @@ class TrainConfig:
     out_dir: Optional[str] = None
     """Root of the run records; ``None``: ``<repo>/data/runs``."""
 
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """The config of a record (``record["config"]``); unknown keys raise, lists become tuples where needed."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
     def validate(self) -> None:
         """Raise ValueError (listing the allowed values) for a config that cannot run."""
         if self.optimizer not in OPTIMIZERS:
@@ -143,6 +162,19 @@ class TrainConfig:
         presets = _presets()
         if presets is not None and self.preset not in presets:
             raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(presets)}")
+        if presets is not None and self.model_overrides:
+            from .models import GPTConfig
+
+            bad = sorted(set(self.model_overrides) - set(GPTConfig.__dataclass_fields__))
+            if bad:
+                raise ValueError(f"unknown model fields {bad}; allowed: {', '.join(GPTConfig.__dataclass_fields__)}")
+        if presets is not None and self.seq_len is not None:
+            from .models import PRESETS
+
+            ctx = self.model_overrides.get("seq_len", PRESETS[self.preset]["seq_len"])
+            if self.seq_len > ctx:
+                raise ValueError(f"seq_len {self.seq_len} exceeds the model's context length {ctx} "
+                                 f"(preset {self.preset!r}; raise it with model_overrides seq_len)")
         try:
             from .data import CORPORA, TOKENIZERS
         except ImportError:
@@ -153,14 +185,18 @@ class TrainConfig:
             raise ValueError(f"unknown tokenizer {self.tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        if self.dtype == "float64" and self.precision == "bf16":
+            raise ValueError("dtype float64 excludes bf16 autocast; use precision fp32")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"unknown device {self.device!r}; allowed: auto, cpu, cuda, cuda:N")
         if not 0.0 < self.budget_fraction <= 1.0:
             raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
         if not 0.0 <= self.warmup_fraction <= 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
-        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches"):
-            if int(getattr(self, name)) < 1:
+        for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "eval_batch_size"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
@@ -177,6 +213,8 @@ class RunResult:
     metrics: Dict[str, List[Any]]
     summary: Dict[str, Any]
     provenance: Dict[str, Any]
+    model: Dict[str, Any] = field(default_factory=dict)
+    """The resolved ``GPTConfig`` (preset plus overrides plus the tokenizer's vocabulary size)."""
     record_path: Optional[Path] = None
 
     @property
@@ -193,6 +231,7 @@ class RunResult:
             "run_id": self.run_id,
             "experiment": self.config.experiment,
             "config": results.config_dict(self.config),
+            "model": self.model,
             "summary": self.summary,
             "metrics": self.metrics,
             "provenance": self.provenance,
@@ -233,16 +272,6 @@ def optimizer_kwargs(config: TrainConfig) -> Dict[str, Any]:
         kw["precondition_frequency"] = int(config.precondition_frequency)
     kw.update(config.hparams)
     return kw
-
-
-def _build_optimizer(name: str, params, **kw) -> torch.optim.Optimizer:
-    try:
-        return build_optimizer(name, params, **kw)
-    except ImportError:
-        # The registry imports every optimizer module; AdamW needs none of them.
-        if name != "adamw":
-            raise
-        return torch.optim.AdamW(params, **kw)
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -324,6 +353,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _plain_ce(model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the last forward without the z-loss term (``GPT.last_ce``), detached."""
+    ce = getattr(model, "last_ce", None)
+    return (ce if ce is not None else loss).detach().float()
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=contextlib.nullcontext) -> float:
     """Mean plain cross-entropy (no z-loss) of ``model`` over the fixed ``batches``."""
@@ -333,9 +368,8 @@ def evaluate(model: torch.nn.Module, batches, device: torch.device, autocast=con
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with autocast():
-            logits, _ = model(x, y)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-        total += float(loss)
+            _, loss = model(x, y)
+        total += float(_plain_ce(model, loss)) * y.numel()
         count += y.numel()
     model.train(was_training)
     return total / count
@@ -363,21 +397,21 @@ def train(config: TrainConfig) -> RunResult:
     start_iso = results.now_iso()
     rank, world, local_rank = init_distributed_for(config)
     device = _resolve_device(config.device, local_rank)
-    autocast = _autocast(device, config.precision)
+    precision = "fp32" if config.dtype == "float64" else config.precision
+    autocast = _autocast(device, precision)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the world size {world}")
-    if config.eval_batches and (config.eval_batch_size or config.batch_size) < 1:
-        raise ValueError("eval_batch_size must be >= 1")
 
     steps = effective_steps(config)
     warmup = effective_warmup(config, steps)
-    tokens_per_step = config.batch_size * config.seq_len * config.grad_accum
 
     data, tok, train_tokens, val_tokens = _load_data(config)
     model_cfg = models.gpt_config(config.preset, tok.vocab_size, **config.model_overrides)
+    seq_len = config.seq_len or model_cfg.seq_len
+    tokens_per_step = config.batch_size * seq_len * config.grad_accum
 
     torch.manual_seed(config.seed)
-    model = models.GPT(model_cfg).to(device)
+    model = models.GPT(model_cfg).to(device=device, dtype=getattr(torch, config.dtype or "float32"))
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -386,13 +420,13 @@ def train(config: TrainConfig) -> RunResult:
         net = model
     if config.compile:
         net = torch.compile(net)
-    optimizer = _build_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
+    optimizer = build_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
 
     # The sampler's batch_size is per rank; together the ranks draw the same global batch as one process.
     sampler = data.BatchSampler(
-        train_tokens, config.batch_size // world, config.seq_len, seed=config.seed, rank=rank, world_size=world
+        train_tokens, config.batch_size // world, seq_len, seed=config.seed, rank=rank, world_size=world
     )
-    val = data.eval_batches(val_tokens, config.eval_batch_size or config.batch_size, config.seq_len, config.eval_batches)
+    val = data.eval_batches(val_tokens, config.eval_batch_size or config.batch_size, seq_len, config.eval_batches)
 
     metrics: Dict[str, List[Any]] = {
         k: [] for k in ("step", "loss", "lr", "grad_norm", "time", "step_time", "opt_time",
@@ -430,7 +464,7 @@ def train(config: TrainConfig) -> RunResult:
                 with autocast():
                     _, loss = net(x, y)
                 (loss / config.grad_accum).backward()
-            loss_sum += loss.detach().float()
+            loss_sum += _plain_ce(model, loss)
         if world > 1:
             dist.all_reduce(loss_sum)
             loss_sum /= world
@@ -445,9 +479,9 @@ def train(config: TrainConfig) -> RunResult:
         _sync(device)
         opt_time = time.perf_counter() - t_opt
         optimizer.zero_grad(set_to_none=True)
-        state_bytes = max(state_bytes, optimizer_state_bytes(optimizer))
         step_time = time.perf_counter() - t0
         train_time += step_time
+        state_bytes = max(state_bytes, optimizer_state_bytes(optimizer))
 
         metrics["step"].append(step + 1)
         metrics["loss"].append(step_loss)
@@ -466,6 +500,7 @@ def train(config: TrainConfig) -> RunResult:
     bar.close()
 
     summary = _summary(config, metrics, steps, warmup, tokens_per_step, train_time, state_bytes, diverged)
+    summary["seq_len_used"] = seq_len
     summary["num_params"] = sum(p.numel() for p in model.parameters())
     summary["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     provenance = {
@@ -479,7 +514,8 @@ def train(config: TrainConfig) -> RunResult:
     }
     git = results.git_info()
     provenance["git_commit"], provenance["git_dirty"] = git["commit"], git["dirty"]
-    result = RunResult(results.run_id(config), config, metrics, summary, provenance)
+    result = RunResult(results.run_id(config), config, metrics, summary, provenance,
+                       model=dataclasses.asdict(model_cfg))
     if config.save and rank == 0:
         result.record_path = results.write_json_atomic(result.record(), results.record_path(config))
     if world > 1:

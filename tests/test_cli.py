@@ -4,10 +4,20 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from soap_lab import results
 from soap_lab.__main__ import main
 from soap_lab.train import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 REPO = results.REPO_ROOT
 TINY = ["--preset", "tiny", "--steps", "3", "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1",
@@ -16,33 +26,43 @@ TINY = ["--preset", "tiny", "--steps", "3", "--batch-size", "4", "--seq-len", "3
 
 def run_cli(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "soap_lab", *args], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "soap_lab", *args], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=120)
 
 
 def test_unknown_optimizer_exits_2_listing_allowed_names():
+    # -X importtime lists every module imported on the way to the error (on stderr)
     p = run_cli("train", "--optimizer", "adam")
     assert p.returncode == 2
     assert "invalid choice: 'adam'" in p.stderr and "soap_factorized_one_sided" in p.stderr
     assert "Traceback" not in p.stderr
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in p.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "soap_lab" in imported and "torch" in imported
+    assert not imported & {"papermill", "seaborn", "matplotlib", "pandas"}  # the GPU machine lacks some
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--preset", "huge"], "invalid choice: 'huge'"),
-    (["train", "--corpus", "c5"], "unknown corpus 'c5'; allowed: austen, shakespeare"),
-    (["train", "--optimizer", "adamw", "-f", "10"], "takes no precondition_frequency"),
-    (["train", "--precision", "fp8"], "invalid choice: 'fp8'"),
-    (["sweep", "--shard", "4/4"], "bad shard spec '4/4'"),
-    (["sweep", "--shard", "one/4"], "bad shard spec 'one/4'"),
-    (["sweep", "--optimizers", "adamw", "lion"], "invalid choice: 'lion'"),
-    (["sweep", "--budget-fractions", "1.5"], "budget_fraction must be in (0, 1]"),
+@pytest.mark.parametrize("args, messages", [
+    (["train", "--preset", "huge"], ["invalid choice: 'huge'", "660m"]),
+    (["train", "--corpus", "c5"], ["invalid choice: 'c5'", "austen", "shakespeare"]),
+    (["train", "--model", "n_layers=3"], ["unknown model fields ['n_layers']; allowed: vocab_size, seq_len"]),
+    (["train", "--seq-len", "64"], ["seq_len 64 exceeds the model's context length 32"]),
+    (["train", "--optimizer", "adamw", "-f", "10"], ["takes no precondition_frequency", "soap_one_sided"]),
+    (["train", "--precision", "fp8"], ["invalid choice: 'fp8'", "bf16"]),
+    (["sweep", "--shard", "4/4"], ["bad shard spec '4/4'", "0 <= i < N"]),
+    (["sweep", "--shard", "one/4"], ["bad shard spec 'one/4'"]),
+    (["sweep", "--optimizers", "adamw", "lion"], ["invalid choice: 'lion'", "eigen_adafactor"]),
+    (["sweep", "--hparam", "lion:beta=0.9"], ["unknown optimizer 'lion'; allowed: adamw"]),
+    (["sweep", "--budget-fractions", "1.5"], ["budget_fraction must be in (0, 1]"]),
 ])
-def test_bad_values_exit_2(capsys, args, message):
+def test_bad_values_exit_2(capsys, args, messages):
     pytest.importorskip("soap_lab.models")
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    for message in messages:
+        assert message in err
 
 
 def test_presets_are_listed_on_error(capsys):
@@ -57,14 +77,6 @@ def test_stub_commands(capsys):
     assert main(["figures"]) == 1 and "not yet implemented" in capsys.readouterr().err
 
 
-def test_cli_imports_no_notebook_or_plotting_stack():
-    code = ("import sys, soap_lab.__main__ as m; m.build_parser(); "
-            "bad = [x for x in ('papermill', 'seaborn', 'matplotlib', 'pandas') if x in sys.modules]; "
-            "assert not bad, bad")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert p.returncode == 0, p.stderr
-
-
 def test_train_command_writes_a_record(tmp_path, capsys):
     pytest.importorskip("soap_lab.models")
     assert main(["train", "--experiment", "cli", "--runs-root", str(tmp_path), "--lr", "0.01", *TINY]) == 0
@@ -77,18 +89,18 @@ def test_train_command_writes_a_record(tmp_path, capsys):
 
 def test_sweep_shards_cover_the_grid(tmp_path, capsys):
     pytest.importorskip("soap_lab.models")
-    grid = ["--experiment", "g", "--runs-root", str(tmp_path), "--lrs", "1e-3", "3e-3", "--seeds", "0", "1",
+    grid = ["--experiment", "g", "--runs-root", str(tmp_path), "--lrs", "1e-3", "3e-3",
             "--budget-fractions", "0.5", "1.0", *TINY]
     assert main(["sweep", *grid, "--shard", "0/3", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "shard 0/3: 3 runs" in out and out.count("todo") == 3
+    assert "shard 0/3: 2 runs" in out and out.count("todo") == 2
     for i in range(3):
         assert main(["sweep", *grid, "--shard", f"{i}/3"]) == 0
     names = sorted(p.stem for p in (tmp_path / "g").glob("*.json"))
-    assert len(names) == 8
+    assert len(names) == 4
     base = TrainConfig(preset="tiny", steps=3, batch_size=4, seq_len=32, eval_batches=1, eval_every=0)
-    configs = results.grid(base, lrs=[1e-3, 3e-3], seeds=[0, 1], budget_fractions=[0.5, 1.0])
+    configs = results.grid(base, lrs=[1e-3, 3e-3], budget_fractions=[0.5, 1.0])
     assert names == sorted(results.run_id(c) for c in configs)
     capsys.readouterr()
     assert main(["sweep", *grid]) == 0  # everything done: all skipped
-    assert capsys.readouterr().out.count("skip") == 8
+    assert capsys.readouterr().out.count("skip") == 4

@@ -3,11 +3,21 @@ import json
 import os
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from soap_lab import results
 from soap_lab.train import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def cfg(tmp_path, **kw):
@@ -176,3 +186,9 @@ def test_sweep_resumes_after_an_interruption(tmp_path):
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == before  # finished runs untouched
     assert len(list((tmp_path / "sweep").glob("*.json"))) == 4
     assert all(results.has_record(c) for c in configs)
+
+    df = results.load("sweep", root=tmp_path)
+    assert df.shape[0] == 4 and set(df["run_id"]) == {results.run_id(c) for c in configs}
+    assert {"lr", "seed", "final_val_loss", "tokens_per_s", "optimizer_state_bytes", "git_commit"} <= set(df.columns)
+    assert df["final_val_loss"].notna().all() and (df["steps_done"] == 3).all()
+    assert len(results.curves("sweep", root=tmp_path)) == 4 * 3

@@ -12,6 +12,15 @@ pytest.importorskip("soap_lab.models")
 pytest.importorskip("soap_lab.data")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def cfg(tmp_path, **kw):
     base = dict(preset="tiny", steps=6, batch_size=4, seq_len=32, eval_every=3, eval_batches=2,
                 progress=False, out_dir=str(tmp_path), experiment="t")
@@ -83,6 +92,7 @@ def test_record_has_config_metrics_and_provenance(tmp_path):
     rec = results.read_record(path)
     assert rec["run_id"] == results.run_id(config) == path.stem
     assert rec["config"] == results.config_dict(config)
+    assert TrainConfig.from_dict(rec["config"]) == config
     m, s, p = rec["metrics"], rec["summary"], rec["provenance"]
     assert m["step"] == [1, 2, 3, 4, 5, 6]
     for key in ("loss", "lr", "grad_norm", "time", "step_time", "opt_time"):

@@ -1,0 +1,89 @@
+"""The same `train` under torchrun (2 CPU processes, gloo) gives the losses of one process at the same
+global batch: the optimizers see the all-reduced gradient, so only reduction round-off differs."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from soap_lab import results
+from soap_lab.train import TrainConfig
+
+pytest.importorskip("soap_lab.models")
+pytest.importorskip("soap_lab.data")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+COMMON = dict(preset="tiny", steps=6, batch_size=8, grad_accum=2, eval_every=3, eval_batches=2, lr=0.01,
+              progress=False)
+
+
+def configs(root, experiment):
+    out = [TrainConfig(optimizer="adamw", **COMMON)]
+    try:
+        import soap_lab.optim.soap  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        # SOAP amplifies float32 round-off (the eigenvectors of tiny or repeated eigenvalues of GGᵀ are set by
+        # round-off), so two float32 runs that differ only in summation order drift apart within a few steps,
+        # DDP or not (changing the thread count does the same). In float64, with every preconditioned factor
+        # full rank from the first gradient (max_precond_dim=32 leaves the tiny model's longer sides
+        # unrotated), the runs stay within round-off of each other.
+        out.append(TrainConfig(optimizer="soap", precondition_frequency=2, dtype="float64",
+                               hparams={"max_precond_dim": 32}, **COMMON))
+    return [TrainConfig.from_dict({**results.config_dict(c), "out_dir": str(root), "experiment": experiment})
+            for c in out]
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from test_ddp import configs
+from soap_lab import results
+results.run_sweep(configs({root!r}, "ddp"), log=None)
+results.run_sweep(configs({root!r}, "ddp"), log=None)  # rerun: rank 0 finds the records, all ranks skip
+"""
+
+
+def test_ddp_matches_single_process(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(repo=os.path.dirname(__file__), root=str(tmp_path))))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=results.REPO_ROOT, env=env, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    single = configs(tmp_path, "single")
+    results.run_sweep(single, log=None)
+
+    ddp = {p.stem: results.read_record(p) for p in (tmp_path / "ddp").glob("*.json")}
+    one = {p.stem: results.read_record(p) for p in (tmp_path / "single").glob("*.json")}
+    assert sorted(ddp) == sorted(one) == sorted(results.run_id(c) for c in single)  # same configs, same ids
+    for rid in ddp:
+        a, b = ddp[rid], one[rid]
+        assert a["provenance"]["world_size"] == 2 and a["provenance"]["distributed_backend"] == "gloo"
+        assert b["provenance"]["world_size"] == 1
+        assert a["summary"]["tokens_per_step"] == b["summary"]["tokens_per_step"] == 8 * 32 * 2
+        assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-5), rid
+        assert a["metrics"]["val_loss"] == pytest.approx(b["metrics"]["val_loss"], rel=1e-5), rid
+        assert a["metrics"]["grad_norm"] == pytest.approx(b["metrics"]["grad_norm"], rel=1e-4), rid
+        assert a["metrics"]["loss"][-1] < a["metrics"]["loss"][0]
+
+
+def test_batch_must_split_across_ranks(monkeypatch):
+    # no process group is needed to reject a batch that does not split evenly
+    monkeypatch.setattr("soap_lab.train.init_distributed_for", lambda config: (0, 3, 0))
+    from soap_lab.train import train
+
+    with pytest.raises(ValueError, match="not divisible by the world size 3"):
+        train(TrainConfig(preset="tiny", batch_size=8, steps=1, progress=False, save=False))
