@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 SCALE  ?= cpu
-DEVICE ?= cpu
+DEVICE ?=
 
 .PHONY: setup test test-fast figures ablations data bench clean help
 
@@ -34,7 +34,7 @@ figures: $(STAMP)
 	$(PY) -m soap_lab figures
 
 ablations: $(STAMP)
-	$(PY) -m soap_lab ablations --scale $(SCALE) --device $(DEVICE)
+	$(PY) -m soap_lab ablations --scale $(SCALE) $(if $(DEVICE),--device $(DEVICE),)
 
 data: $(STAMP)
 	$(PY) data/prepare.py

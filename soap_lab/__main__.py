@@ -123,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="rerun runs whose record exists")
     _add_common(s)
 
-    f = sub.add_parser("figures", help="regenerate figures/ from the records (not yet implemented)")
+    f = sub.add_parser("figures", help="regenerate figures/ from the stored records (see python -m soap_lab figures -h)")
     f.add_argument("rest", nargs=argparse.REMAINDER)
-    a = sub.add_parser("ablations", help="rerun the paper's experiments (not yet implemented)")
+    a = sub.add_parser("ablations", help="rerun the paper's experiments through papermill (see python -m soap_lab ablations -h)")
     a.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
@@ -187,11 +187,14 @@ def _data_errors() -> tuple:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("figures", "ablations"):
+        # These subcommands own their argument parsing (soap_lab.figures); papermill is imported only there.
+        from . import figures
+
+        return (figures.main_figures if argv[0] == "figures" else figures.main_ablations)(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("figures", "ablations"):
-        print(f"soap_lab {args.command}: not yet implemented", file=sys.stderr)
-        return 1
 
     from . import results
     from .train import train

@@ -73,8 +73,15 @@ def test_presets_are_listed_on_error(capsys):
     assert all(name in err for name in models.PRESETS)
 
 
-def test_stub_commands(capsys):
-    assert main(["figures"]) == 1 and "not yet implemented" in capsys.readouterr().err
+def test_figures_and_ablations_are_dispatched_with_their_own_options(tmp_path, capsys):
+    # No records under an empty root: figures exits 1 naming the command that produces them.
+    code = main(["figures", "--runs-root", str(tmp_path / "runs"), "--figures-dir", str(tmp_path / "fig"),
+                 "--equivalence-dir", str(tmp_path / "eq"), "--overhead-dir", str(tmp_path / "oh"),
+                 "--only", "frequency", "--scales", "cpu"])
+    assert code == 1 and "make ablations SCALE=cpu" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["ablations", "--scale", "tpu"])
+    assert exc.value.code == 2 and "cpu" in capsys.readouterr().err
 
 
 def test_train_command_writes_a_record(tmp_path, capsys):

@@ -1,0 +1,513 @@
+"""Entry points of ``make figures`` and ``make ablations``, and the helpers the notebooks call.
+
+``main_figures(argv)`` redraws every figure into ``figures/`` from stored results only (run records under
+``data/runs/paper_<scale>/``, ``data/equivalence/*.json``, ``data/overhead/overhead_<scale>.json``): no
+training, no notebook, a few seconds. A scale without results is named on each figure; a figure with no
+results at all is skipped with a one-line message naming the command that produces them.
+
+``main_ablations(argv)`` reruns the experiments: each study is a notebook (``notebooks/``) executed by
+papermill with the scale, device and shard as parameters; executed copies go to ``notebooks/executed/``
+(git-ignored). Finished runs are skipped by the sweep engine, so an interrupted call resumes. Without
+papermill (the GPU machine), or with ``--no-papermill``, the same studies run through ``soap_lab`` directly
+(``ablations.run``, ``analysis``, ``overhead``) and the figures are drawn later by ``make figures``.
+
+Notebook helpers: :func:`notebook_scale` (validates the parameters cell, one-line :class:`ParameterError`),
+:func:`run_study` (train the missing runs, or check they exist) and :func:`draw` (one figure).
+
+Nothing heavy is imported at module import: matplotlib/seaborn only when drawing, papermill only when
+executing notebooks, torch only when training.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from . import ablations, analysis, results
+
+__all__ = [
+    "ParameterError",
+    "FIGURES",
+    "STUDY_NOTEBOOKS",
+    "FIGURES_DIR",
+    "NOTEBOOKS_DIR",
+    "notebook_scale",
+    "run_study",
+    "draw",
+    "main_figures",
+    "main_ablations",
+]
+
+FIGURES_DIR = results.REPO_ROOT / "figures"
+NOTEBOOKS_DIR = results.REPO_ROOT / "notebooks"
+EXECUTED_DIR = NOTEBOOKS_DIR / "executed"
+
+#: figure name -> the study whose runs it draws (None: a stored data set, not run records)
+FIGURES: Dict[str, Optional[str]] = {
+    "lr_sweep": "lr_sweep",
+    "frequency": "frequency",
+    "comparison": "comparison",
+    "efficiency": "comparison",
+    "batch_size": "batch_size",
+    "variants": "variants",
+    "overhead": None,
+    "equivalence_claim1": None,
+    "equivalence_gap": None,
+}
+
+#: study -> notebook that runs it (in the order ``make ablations`` runs them)
+STUDY_NOTEBOOKS: Dict[str, str] = {
+    "equivalence": "equivalence.ipynb",
+    "lr_sweep": "lr_sweep.ipynb",
+    "frequency": "precondition_frequency.ipynb",
+    "comparison": "comparison.ipynb",
+    "variants": "variants.ipynb",
+    "batch_size": "batch_size.ipynb",
+    "overhead": "overhead.ipynb",
+}
+
+#: figure name -> the study (of STUDY_NOTEBOOKS) that produces its data
+FIGURE_STUDY = {"overhead": "overhead", "equivalence_claim1": "equivalence", "equivalence_gap": "equivalence",
+                **{k: v for k, v in FIGURES.items() if v}}
+
+CLAIM1_FILE = "claim1.json"
+GAP_FILE = "gap_trajectory.json"
+
+
+class ParameterError(ValueError):
+    """A notebook/CLI parameter that cannot work; the message is one line naming the fix."""
+
+
+# =================================================================================== notebook helpers
+def _tuple(x):
+    return tuple(x) if isinstance(x, (list, tuple)) else x
+
+
+def notebook_scale(scale: str = "cpu", device: Optional[str] = None, steps: Optional[int] = None,
+                   seeds: Optional[Sequence[int]] = None, lrs: Optional[Mapping[str, Sequence[float]]] = None,
+                   frequencies: Optional[Sequence[int]] = None, batch_sizes: Optional[Sequence[int]] = None,
+                   overrides: Optional[Mapping[str, Any]] = None, torch_threads: Optional[int] = None):
+    """The ``Scale`` a notebook runs at, from its parameters; a bad parameter raises a one-line ParameterError.
+
+    ``lrs`` replaces the learning-rate grid of the optimizers it names (others keep the scale's grid);
+    ``overrides`` sets any other ``Scale`` field (e.g. ``{"preset": "tiny", "eval_every": 2}``).
+    """
+    from .optim import OPTIMIZERS
+
+    if scale not in ablations.SCALES:
+        raise ParameterError(f"unknown scale {scale!r}; allowed: {', '.join(ablations.SCALES)}")
+    fields = {f.name for f in dataclasses.fields(ablations.Scale)}
+    over: Dict[str, Any] = {}
+    for k, v in dict(overrides or {}).items():
+        if k not in fields:
+            raise ParameterError(f"unknown scale field {k!r} in scale_overrides; allowed: {', '.join(sorted(fields))}")
+        over[k] = {o: _tuple(g) for o, g in v.items()} if k == "lrs" else _tuple(v)
+    if device is not None:
+        if not (device in ("cpu", "cuda") or str(device).startswith("cuda:")):
+            raise ParameterError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N (or None for the scale's)")
+        over["device"] = device
+    if steps is not None:
+        if int(steps) < 1:
+            raise ParameterError(f"steps must be >= 1, got {steps}")
+        over["steps"] = int(steps)
+        if "eval_every" not in over:
+            over["eval_every"] = max(1, min(ablations.SCALES[scale].eval_every, int(steps) // 4 or 1))
+    if seeds is not None:
+        if len(seeds) == 0:
+            raise ParameterError("seeds is empty: give at least one seed, e.g. seeds = [0]")
+        over["seeds"] = tuple(int(s) for s in seeds)
+    if frequencies is not None:
+        if len(frequencies) == 0:
+            raise ParameterError("frequencies is empty: give at least one precondition frequency, e.g. frequencies = [1, 10, 100]")
+        if any(int(f) < 1 for f in frequencies):
+            raise ParameterError(f"precondition frequencies must be integers >= 1, got {list(frequencies)}")
+        over["frequencies"] = tuple(int(f) for f in frequencies)
+    if batch_sizes is not None:
+        if len(batch_sizes) == 0:
+            raise ParameterError("batch_sizes is empty: give at least one batch size, e.g. batch_sizes = [8, 32, 128]")
+        over["batch_sizes"] = tuple(int(b) for b in batch_sizes)
+    base_lrs = dict(over.get("lrs", ablations.SCALES[scale].lrs))
+    if lrs is not None:
+        for opt, grid in dict(lrs).items():
+            if opt not in OPTIMIZERS:
+                raise ParameterError(f"unknown optimizer {opt!r} in lrs; allowed: {', '.join(OPTIMIZERS)}")
+            if opt not in ("adamw", "soap", "shampoo"):
+                raise ParameterError(f"lrs[{opt!r}]: only adamw, soap and shampoo are tuned (SOAP's variants use SOAP's lr)")
+            if not grid:
+                raise ParameterError(f"lrs[{opt!r}] is empty: give at least one learning rate, e.g. [3e-3, 1e-2]")
+            if any(float(x) <= 0 for x in grid):
+                raise ParameterError(f"lrs[{opt!r}] must be positive, got {list(grid)}")
+            base_lrs[opt] = tuple(float(x) for x in grid)
+        over["lrs"] = base_lrs
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(int(torch_threads))
+    try:
+        return ablations.get_scale(scale, **over)
+    except (TypeError, ValueError) as e:
+        raise ParameterError(str(e)) from None
+
+
+def _check_device(sc) -> None:
+    if str(sc.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ParameterError(f"scale {sc.name!r} trains on {sc.device!r} but CUDA is not available here; "
+                                 "set device = 'cpu', or train=False to plot stored results")
+
+
+def run_study(study: str, sc, results_root=None, shard: Optional[str] = None, train: bool = True,
+              wait_s: float = 6 * 3600, poll_s: float = 30, log: Optional[Callable[[str], None]] = print):
+    """Train the missing runs of ``study`` at scale ``sc`` (``train=True``) or check they are stored; return the
+    study's ``analysis.StudyData``.
+
+    With ``shard="i/N"`` only this shard's runs are trained; when the study needs the learning-rate sweep and
+    another shard has not finished its part yet, this waits (polling every ``poll_s``) up to ``wait_s``.
+    Without training and without records: ``ablations.MissingResults`` naming ``make ablations``.
+    """
+    if study not in ablations.STUDIES:
+        raise ParameterError(f"unknown study {study!r}; allowed: {', '.join(ablations.STUDIES)}")
+    root = Path(results_root) if results_root is not None else None
+    shard_t = None
+    if shard:
+        try:
+            shard_t = results.parse_shard(shard)
+        except ValueError as e:
+            raise ParameterError(str(e)) from None
+    if train:
+        _check_device(sc)
+        deadline = time.time() + wait_s
+        while True:
+            try:
+                ablations.run(study, sc, root, shard=shard_t, log=log)
+                break
+            except ablations.MissingResults as e:
+                if shard_t is None or time.time() > deadline:
+                    raise
+                if log:
+                    log(f"waiting for another shard: {e}")
+                time.sleep(poll_s)
+    try:
+        sd = analysis.study_data(study, sc, root)
+    except ablations.MissingResults as e:
+        raise ablations.MissingResults(f"{e} [results root: {results.runs_root(root)}]") from None
+    if not len(sd.runs):
+        raise ablations.MissingResults(
+            f"no results for study {study!r} at scale {sc.name!r} under {results.runs_root(root) / sc.experiment}: "
+            f"run `make ablations SCALE={sc.name}` (or set train=True)")
+    if sd.missing and log:
+        log(f"{study}: {len(sd.missing)} of {len(sd.expected)} runs not stored yet"
+            + (" (other shards)" if shard_t else "") + "; figures show the stored ones")
+    return sd
+
+
+def equivalence_params(m: int, n: int, condition: float, n_batches: int, exponent: float, staleness: int,
+                       max_staleness: int, gap_frequencies: Sequence[int], gap_refreshes: Sequence[str],
+                       gap_problems: Sequence[str], gap_steps: int, gpt_preset: str) -> None:
+    """Check the equivalence notebook's parameters; a bad one raises a one-line ParameterError."""
+    from .models import PRESETS
+
+    if int(m) < 2 or int(n) < 2:
+        raise ParameterError(f"the layer must be at least 2×2, got m={m}, n={n}")
+    if float(condition) < 1:
+        raise ParameterError(f"condition must be >= 1, got {condition}")
+    if int(n_batches) < 2:
+        raise ParameterError(f"n_batches must be >= 2 (L and R are averages over gradient batches), got {n_batches}")
+    if not 0 < float(exponent) <= 1:
+        raise ParameterError(f"exponent must be in (0, 1], got {exponent}")
+    if int(max_staleness) < 0 or not 0 <= int(staleness) <= int(max_staleness):
+        raise ParameterError(f"need 0 <= staleness <= max_staleness, got staleness={staleness}, max_staleness={max_staleness}")
+    if len(gap_frequencies) == 0:
+        raise ParameterError("gap_frequencies is empty: give at least one precondition frequency, e.g. gap_frequencies = [10, 50]")
+    if any(int(f) < 1 for f in gap_frequencies):
+        raise ParameterError(f"gap_frequencies must be integers >= 1, got {list(gap_frequencies)}")
+    bad = [r for r in gap_refreshes if r not in ("qr", "eigh")]
+    if bad or not gap_refreshes:
+        raise ParameterError(f"unknown refresh {bad[0] if bad else None!r} in gap_refreshes; allowed: qr, eigh")
+    bad = [p for p in gap_problems if p not in ("teaching", "gpt")]
+    if bad or not gap_problems:
+        raise ParameterError(f"unknown problem {bad[0] if bad else None!r} in gap_problems; allowed: teaching, gpt")
+    if int(gap_steps) < 2:
+        raise ParameterError(f"gap_steps must be >= 2, got {gap_steps}")
+    if gpt_preset not in PRESETS:
+        raise ParameterError(f"unknown gpt_preset {gpt_preset!r}; allowed: {', '.join(PRESETS)}")
+
+
+def show(paths: Optional[Sequence[Path]]) -> None:
+    """Display a drawn figure's PNG in the notebook (prints the paths elsewhere)."""
+    if not paths:
+        return
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+
+        if get_ipython() is not None:
+            display(Image(filename=str(paths[0])))
+    except ImportError:
+        pass
+    print("saved: " + ", ".join(str(p) for p in paths))
+
+
+def draw_study_figure(name: str, sd, results_root=None, figures_dir=None, shard: Optional[str] = None):
+    """A notebook's figure: drawn (and shown) from the stored runs, unless this is one shard of an unfinished
+    sweep (the last shard to finish draws it; ``make figures`` always can)."""
+    if shard and sd.missing:
+        print(f"{name}: not drawn yet, {len(sd.missing)} runs of other shards missing (`make figures` draws it later)")
+        return None
+    paths = draw(name, results_root, figures_dir, scales={sd.scale.name: sd.scale})
+    show(paths)
+    return paths
+
+
+def claim1_widget(m: int = 16, n: int = 12, condition: float = 100.0, exponent: float = 0.25, staleness: int = 10,
+                  max_staleness: int = 40, n_batches: int = 64):
+    """Sliders (ipywidgets) over Claim 1 on the teaching problem: shape, conditioning, exponent, staleness.
+
+    Each change recomputes ``analysis.claim1_study`` (float64, well under a second) and redraws
+    ``plotting.plot_claim1`` with the chosen exponent and staleness circled. Needs a live Jupyter kernel.
+    """
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    def update(m, n, condition, exponent, staleness):
+        exps = sorted({0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, round(exponent, 3)})
+        d = analysis.claim1_study(m=m, n=n, condition=condition, n_batches=n_batches, exponents=exps,
+                                  max_staleness=max_staleness)
+        plotting.plot_claim1(d, None, highlight={"exponent": exponent, "staleness": staleness})
+        plt.show()
+        err = next(r["error"] for r in d["exponent"] if abs(r["exponent"] - round(exponent, 3)) < 1e-9)
+        print(f"exponent {exponent:.3f}: relative difference {err:.2e};  staleness {staleness}: "
+              f"{d['staleness'][staleness]['error']:.3f};  without the trace factor: {d['no_trace_error']:.3f}")
+
+    cu = dict(continuous_update=False)
+    return w.interact(
+        update,
+        m=w.IntSlider(value=m, min=2, max=64, description="m (rows)", **cu),
+        n=w.IntSlider(value=n, min=2, max=64, description="n (cols)", **cu),
+        condition=w.FloatLogSlider(value=condition, base=10, min=0, max=6, description="condition", **cu),
+        exponent=w.FloatSlider(value=exponent, min=0.1, max=1.0, step=0.05, description="exponent e", **cu),
+        staleness=w.IntSlider(value=staleness, min=0, max=max_staleness, description="staleness", **cu),
+    )
+
+
+# ============================================================================================ drawing
+def _default_scales(scales: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    out = {k: ablations.get_scale(k) for k in ablations.SCALES}
+    out.update(dict(scales or {}))
+    return out
+
+
+def _study_datas(study: str, scales: Mapping[str, Any], root, cache: Dict) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for name, sc in scales.items():
+        key = (sc.experiment, str(root))
+        if key not in cache:
+            cache[key] = results.load(sc.experiment, root)
+        try:
+            sd = analysis.study_data(study, sc, root, frame=cache[key])
+        except ablations.MissingResults:
+            sd = None
+        out[name] = sd if sd is not None and len(sd.runs) else None
+    return out
+
+
+def _overhead_data(scales: Mapping[str, Any], overhead_dir=None) -> Dict[str, Optional[Dict[str, Any]]]:
+    odir = Path(overhead_dir) if overhead_dir is not None else analysis.OVERHEAD_DIR
+    return {k: (results.read_record(odir / f"overhead_{k}.json") if (odir / f"overhead_{k}.json").is_file() else None)
+            for k in scales}
+
+
+def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mapping[str, Any]] = None,
+         equivalence_dir=None, overhead_dir=None, _cache: Optional[Dict] = None, only_scales: bool = False) -> List[Path]:
+    """Draw figure ``name`` (one of :data:`FIGURES`) from stored results into ``figures_dir`` (PNG + PDF).
+
+    ``scales``: ``{name: Scale}`` overriding the default scales (a notebook passes its own); with
+    ``only_scales`` no other scale is looked at. Raises ``ablations.MissingResults`` (one line, naming the
+    command) when no scale has the figure's results.
+    """
+    from . import plotting
+
+    if name not in FIGURES:
+        raise ParameterError(f"unknown figure {name!r}; allowed: {', '.join(FIGURES)}")
+    out = Path(figures_dir) if figures_dir is not None else FIGURES_DIR
+    root = Path(results_root) if results_root is not None else None
+    scs = dict(scales) if (only_scales and scales) else _default_scales(scales)
+    cache = _cache if _cache is not None else {}
+    study = FIGURES[name]
+    if study is not None:
+        datas = _study_datas(study, scs, root, cache)
+        fn = {"lr_sweep": plotting.plot_lr_sweep, "frequency": plotting.plot_frequency,
+              "comparison": plotting.plot_comparison, "efficiency": plotting.plot_efficiency,
+              "batch_size": plotting.plot_batch_size, "variants": plotting.plot_variants}[name]
+        if not any(v is not None for v in datas.values()):
+            raise ablations.MissingResults(
+                f"{name}: no {study} results under {results.runs_root(root)}: run "
+                + " or ".join(f"`{plotting.missing_hint(k)}`" for k in scs))
+        if name == "efficiency":
+            return fn(datas, out, name=name, overhead=_overhead_data(scs, overhead_dir))
+        return fn(datas, out, name=name)
+    if name == "overhead":
+        odir = Path(overhead_dir) if overhead_dir is not None else analysis.OVERHEAD_DIR
+        datas = _overhead_data(scs, odir)
+        if not any(v is not None for v in datas.values()):
+            raise ablations.MissingResults(f"overhead: no timing study under {odir}: run "
+                                           "`make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study overhead`)")
+        runs = _study_datas("frequency", {k: scs[k] for k, v in datas.items() if v is not None}, root, cache)
+        return plotting.plot_overhead(datas, out, name=name, runs=runs)
+    edir = Path(equivalence_dir) if equivalence_dir is not None else analysis.EQUIVALENCE_DIR
+    hint = "make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study equivalence`"
+    if name == "equivalence_claim1":
+        return plotting.plot_claim1(analysis.load_json(edir / CLAIM1_FILE, "Claim 1 data", hint), out, name=name)
+    return plotting.plot_gap(analysis.load_json(edir / GAP_FILE, "gap-trajectory data", hint), out, name=name)
+
+
+def main_figures(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m soap_lab figures``: redraw every figure from stored results. Exit 1 if any had no results."""
+    p = argparse.ArgumentParser(prog="python -m soap_lab figures",
+                                description="Redraw figures/ from stored results (no training).")
+    p.add_argument("--runs-root", default=None, help="root of the run records (default <repo>/data/runs)")
+    p.add_argument("--figures-dir", default=None, help="output folder (default <repo>/figures)")
+    p.add_argument("--equivalence-dir", default=None, help="default <repo>/data/equivalence")
+    p.add_argument("--overhead-dir", default=None, help="default <repo>/data/overhead")
+    p.add_argument("--only", nargs="+", choices=list(FIGURES), metavar="NAME", help=f"any of: {', '.join(FIGURES)}")
+    p.add_argument("--scales", nargs="+", choices=list(ablations.SCALES), default=list(ablations.SCALES),
+                   help="scales to look for (default all; a scale without results is named on the figures)")
+    p.add_argument("--scale-overrides", type=json.loads, default=None, metavar="JSON",
+                   help="Scale fields overridden for every scale in --scales (to draw a smoke sweep's results)")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    try:
+        scales = {k: notebook_scale(k, overrides=args.scale_overrides) for k in args.scales}
+    except ParameterError as e:
+        p.error(str(e))
+    t0 = time.perf_counter()
+    cache: Dict = {}
+    failed = []
+    for name in args.only or list(FIGURES):
+        t = time.perf_counter()
+        try:
+            paths = draw(name, args.runs_root, args.figures_dir, scales=scales, equivalence_dir=args.equivalence_dir,
+                         overhead_dir=args.overhead_dir, _cache=cache, only_scales=True)
+        except ablations.MissingResults as e:
+            print(f"skipped {name}: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        print(f"{paths[0]} (+ .pdf)  [{time.perf_counter() - t:.1f}s]")
+    print(f"{len(args.only or FIGURES) - len(failed)} figures in {time.perf_counter() - t0:.1f}s"
+          + (f"; missing results for: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+# ========================================================================================== ablations
+def _equivalence_direct(data_dir: Optional[Path], log) -> List[Path]:
+    d = Path(data_dir) if data_dir is not None else analysis.EQUIVALENCE_DIR
+    c = analysis.claim1_study()
+    c["provenance"] = analysis.provenance()
+    g = analysis.gap_trajectory()
+    g["provenance"] = analysis.provenance()
+    paths = [analysis.save_json(c, d / CLAIM1_FILE), analysis.save_json(g, d / GAP_FILE)]
+    if log:
+        log(f"equivalence: wrote {paths[0]} and {paths[1]}")
+    return paths
+
+
+def _run_direct(study: str, sc, root, shard, log) -> None:
+    if study == "equivalence":
+        _equivalence_direct(None, log)
+    elif study == "overhead":
+        from . import overhead
+
+        path = overhead.run(sc, log=log)
+        if log:
+            log(f"overhead: wrote {path}")
+    else:
+        run_study(study, sc, root, shard=shard, train=True, log=log)
+
+
+def _papermill():
+    try:
+        import papermill  # noqa: F401
+
+        return papermill
+    except ImportError:
+        return None
+
+
+def main_ablations(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m soap_lab ablations --scale S --device D [--study X ...] [--shard i/N]``: rerun the experiments."""
+    studies = list(STUDY_NOTEBOOKS)
+    p = argparse.ArgumentParser(prog="python -m soap_lab ablations",
+                                description="Rerun the paper's experiments through the notebooks (resumable).")
+    p.add_argument("--scale", default="cpu", choices=list(ablations.SCALES))
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the scale's)")
+    p.add_argument("--study", action="append", choices=studies, metavar="NAME",
+                   help=f"repeatable; default all, in this order: {', '.join(studies)}")
+    p.add_argument("--shard", default=None, help="i/N: train grid points i, i+N, ... of each study")
+    p.add_argument("--runs-root", default=None, help="root of the run records (default <repo>/data/runs)")
+    p.add_argument("--figures-dir", default=None, help="default <repo>/figures")
+    p.add_argument("--executed-dir", default=None, help="executed notebooks (default <repo>/notebooks/executed)")
+    p.add_argument("--scale-overrides", type=json.loads, default=None, metavar="JSON",
+                   help='Scale fields to override, e.g. \'{"steps": 20, "preset": "tiny"}\' (smoke runs)')
+    p.add_argument("--torch-threads", type=int, default=None)
+    p.add_argument("--no-papermill", action="store_true",
+                   help="run the studies through soap_lab directly (no notebooks, no figures); automatic without papermill")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    try:
+        sc = notebook_scale(args.scale, device=args.device, overrides=args.scale_overrides,
+                            torch_threads=args.torch_threads)
+        if args.shard:
+            results.parse_shard(args.shard)
+    except ValueError as e:
+        p.error(str(e))
+    chosen = [s for s in studies if s in (args.study or studies)]
+    first_shard = not args.shard or args.shard.split("/")[0] == "0"
+    pm = None if args.no_papermill else _papermill()
+    if pm is None and not args.no_papermill:
+        print("papermill is not installed: running the studies directly (figures: `make figures` later)", file=sys.stderr)
+    executed = Path(args.executed_dir) if args.executed_dir else EXECUTED_DIR
+    status = 0
+    for study in chosen:
+        if study in ("equivalence", "overhead") and not first_shard:
+            print(f"{study}: left to shard 0")
+            continue
+        if study == "equivalence" and args.scale != "cpu" and not args.study:
+            print("equivalence: scale-independent (CPU, float64); run it with --scale cpu")
+            continue
+        t0 = time.perf_counter()
+        print(f"== {study} (scale {sc.name}, device {sc.device}{', shard ' + args.shard if args.shard else ''})", flush=True)
+        if pm is None:
+            try:
+                _run_direct(study, sc, args.runs_root, args.shard, print)
+            except (ablations.MissingResults, ValueError) as e:
+                print(f"{study} failed: {e}", file=sys.stderr)
+                status = 1
+            continue
+        nb = NOTEBOOKS_DIR / STUDY_NOTEBOOKS[study]
+        tag = f"_{args.shard.replace('/', 'of')}" if args.shard else ""
+        out = executed / f"{nb.stem}_{sc.name}{tag}.ipynb"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        declared = pm.inspect_notebook(str(nb))
+        params = {"scale": args.scale, "device": args.device, "shard": args.shard, "train": True,
+                  "results_root": args.runs_root, "figures_dir": args.figures_dir,
+                  "scale_overrides": args.scale_overrides or {}, "torch_threads": args.torch_threads}
+        params = {k: v for k, v in params.items() if k in declared and v is not None}  # None: the notebook's default
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=params, kernel_name="python3", cwd=str(NOTEBOOKS_DIR),
+                                progress_bar=False)
+        except pm.PapermillExecutionError as e:
+            print(f"{study} failed ({out}): {e.ename}: {e.evalue}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{study}: done in {time.perf_counter() - t0:.0f}s -> {out}", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main_figures())

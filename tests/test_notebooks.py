@@ -1,0 +1,141 @@
+"""Every notebook runs end to end under papermill in a smoke configuration, writing its files where told.
+
+One tiny sweep (preset ``tiny``, 8 steps, 2 frequencies, 1 lr per optimizer) is trained once for the session,
+in-process, into a temporary results root; each training notebook then runs against that root (the sweep
+engine skips the stored runs), draws its figures into a temporary folder, and the test checks the files. The
+timing and equivalence notebooks run with tiny sizes. Bad parameters must stop a notebook with a one-line
+message (papermill's PapermillExecutionError carries it). Kernels run with one torch thread.
+"""
+import json
+import os
+
+import nbformat
+import pytest
+
+from soap_lab import ablations, figures, results
+
+papermill = pytest.importorskip("papermill")
+
+NOTEBOOKS = figures.NOTEBOOKS_DIR
+SMOKE = dict(preset="tiny", steps=8, eval_every=2, eval_batches=1, batch_size=4,
+             lrs={"adamw": [1e-2], "soap": [1e-2], "shampoo": [1e-2]}, frequencies=[2, 4], batch_sizes=[2, 4],
+             budget_fractions=[0.5, 0.75, 1.0])
+TRAINING = {  # notebook -> (study, figures it draws)
+    "lr_sweep": ("lr_sweep", ["lr_sweep"]),
+    "precondition_frequency": ("frequency", ["frequency"]),
+    "comparison": ("comparison", ["comparison", "efficiency"]),
+    "batch_size": ("batch_size", ["batch_size"]),
+    "variants": ("variants", ["variants"]),
+}
+
+
+@pytest.fixture(scope="session")
+def one_thread_kernels():
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # kernels inherit it: no thread oversubscription on a shared CPU
+    yield
+    if old is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = old
+
+
+@pytest.fixture(scope="session")
+def smoke_pool(tmp_path_factory, one_thread_kernels):
+    """The tiny sweep of every study, trained once (in-process, one thread) for all notebook tests."""
+    import torch
+
+    root = tmp_path_factory.mktemp("runs")
+    sc = figures.notebook_scale("cpu", overrides=SMOKE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for study in ablations.STUDIES:
+            ablations.run(study, sc, root, log=None)
+    finally:
+        torch.set_num_threads(threads)
+    return root, sc
+
+
+def execute(name, out_dir, **parameters):
+    out = out_dir / f"{name}.ipynb"
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=parameters,
+                               kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False)
+    return out
+
+
+def test_notebooks_are_committed_clean():
+    """Thin, parameterized, without outputs: exactly one `parameters` cell, no outputs or execution counts."""
+    names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    assert set(names) == set(TRAINING) | {"overhead", "equivalence"}
+    assert set(figures.STUDY_NOTEBOOKS.values()) == {f"{n}.ipynb" for n in names}
+    for name in names:
+        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, name
+        for c in nb.cells:
+            if c.cell_type == "code":
+                assert not c.outputs and c.execution_count is None, name
+
+
+@pytest.mark.parametrize("name", list(TRAINING))
+def test_training_notebook_smoke(name, smoke_pool, tmp_path):
+    root, sc = smoke_pool
+    study, figs = TRAINING[name]
+    execute(name, tmp_path, scale_overrides=SMOKE, results_root=str(root), figures_dir=str(tmp_path / "fig"),
+            torch_threads=1)
+    for cfg in ablations.configs(study, sc, root):
+        assert results.has_record(cfg), results.run_id(cfg)
+    for fig in figs:
+        for ext in ("png", "pdf"):
+            assert (tmp_path / "fig" / f"{fig}.{ext}").stat().st_size > 1000
+
+
+def test_overhead_notebook_smoke(tmp_path, one_thread_kernels):
+    out = tmp_path / "overhead" / "overhead_cpu.json"
+    execute("overhead", tmp_path, scale_overrides={"preset": "tiny", "batch_size": 4}, frequencies=[1, 4], repeats=1,
+            window=4, fb_reps=1, output=str(out), results_root=str(tmp_path / "runs"), figures_dir=str(tmp_path / "fig"))
+    data = json.loads(out.read_text())
+    assert [r["f"] for r in data["summary"]] == [1, 4] and data["provenance"]["device"]["type"] == "cpu"
+    assert (tmp_path / "fig" / "overhead.png").exists() and (tmp_path / "fig" / "overhead.pdf").exists()
+
+
+def test_equivalence_notebook_smoke(tmp_path, one_thread_kernels):
+    data = tmp_path / "equivalence"
+    execute("equivalence", tmp_path, m=5, n=4, n_batches=8, staleness=2, max_staleness=3, gap_frequencies=[2, 3],
+            gap_refreshes=["qr"], gap_problems=["teaching", "gpt"], gap_steps=5, torch_threads=1,
+            data_dir=str(data), figures_dir=str(tmp_path / "fig"))
+    claim1 = json.loads((data / "claim1.json").read_text())
+    assert claim1["exact_error"] < 1e-10 and claim1["no_trace_error"] > 1e-2 and "provenance" in claim1
+    gap = json.loads((data / "gap_trajectory.json").read_text())
+    assert set(gap["columns"]["problem"]) == {"teaching", "gpt"}
+    for fig in ("equivalence_claim1", "equivalence_gap"):
+        assert (tmp_path / "fig" / f"{fig}.png").exists() and (tmp_path / "fig" / f"{fig}.pdf").exists()
+
+
+@pytest.mark.parametrize("name, parameters, message", [
+    ("precondition_frequency", {"frequencies": []}, "frequencies is empty"),
+    ("lr_sweep", {"lrs": {"sgd": [0.1]}}, "unknown optimizer 'sgd' in lrs"),
+    ("variants", {"train": False}, "make ablations SCALE=cpu"),
+    ("equivalence", {"gap_refreshes": ["svd"]}, "unknown refresh 'svd'"),
+])
+def test_bad_parameters_stop_with_one_line(name, parameters, message, tmp_path, one_thread_kernels):
+    parameters = {"results_root": str(tmp_path / "empty"), "figures_dir": str(tmp_path / "fig"), **parameters}
+    if name == "equivalence":
+        parameters = {k: v for k, v in parameters.items() if k != "results_root"}
+        parameters["data_dir"] = str(tmp_path / "eq")
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        execute(name, tmp_path, **parameters)
+    assert message in err.value.evalue and "\n" not in err.value.evalue
+    assert not (tmp_path / "fig").exists()
+
+
+def test_main_ablations_runs_a_study_through_its_notebook(smoke_pool, tmp_path):
+    root, _ = smoke_pool
+    argv = ["--scale", "cpu", "--study", "lr_sweep", "--runs-root", str(root), "--figures-dir", str(tmp_path / "fig"),
+            "--executed-dir", str(tmp_path / "executed"), "--scale-overrides", json.dumps(SMOKE), "--torch-threads", "1"]
+    assert figures.main_ablations(argv) == 0
+    assert (tmp_path / "executed" / "lr_sweep_cpu.ipynb").exists()
+    assert (tmp_path / "fig" / "lr_sweep.png").exists()
+    # without papermill (the GPU machine): the same study through soap_lab directly, nothing to retrain here
+    assert figures.main_ablations(argv + ["--no-papermill"]) == 0
