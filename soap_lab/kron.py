@@ -17,12 +17,17 @@ larger side of a ``one_sided`` layer). State names ``GG`` and ``Q`` follow the r
 
 Linear-algebra dtypes are explicit: factors and bases are kept in the dtype the caller chooses
 (``float32``, or ``float64`` for float64 parameters; never bf16/fp16); ``eigh`` falls back to float64 and then
-to growing diagonal jitter (see :func:`eigh_descending`); QR runs in the factor's dtype.
+to growing diagonal jitter (see :func:`eigh_descending`); the QR of a refresh runs in the factor's dtype
+(:func:`orthonormalize`: Householder, or Cholesky-QR checked against a tolerance with a Householder fallback).
+
+Every function here also accepts a leading batch dimension where noted ("batched"): the optimizers stack
+same-shape parameters into buckets and call the same functions once per bucket.
 """
 from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -37,9 +42,14 @@ __all__ = [
     "merged_shape",
     "init_factors",
     "update_factors_",
+    "syrk_",
     "eigh_descending",
     "init_bases",
     "refresh_bases",
+    "orthonormalize",
+    "householder_q",
+    "ORTHO_METHODS",
+    "ORTHO_STATS",
     "project",
     "project_back",
     "permute_",
@@ -140,6 +150,40 @@ def init_factors(layout: KronLayout, *, dtype: torch.dtype, device: torch.device
     return [torch.zeros(s, s, dtype=dtype, device=device) if p else None for s, p in zip(layout.shape, layout.precond)]
 
 
+#: syrk_ splits a product into 2×2 blocks while its size is at least this (below, one GEMM is as fast;
+#: measured on the lab's 2-core CPU: 1536 and 1152 gain ~10% from one split, smaller blocks lose it again).
+SYRK_BLOCK_MIN = 1024
+
+
+def syrk_(C: Tensor, A: Tensor, beta: float = 0.0, alpha: float = 1.0, *, mirror: bool = True) -> Tensor:
+    """``C ← β·C + α·A Aᵀ`` in place, for ``A`` n×k (or batched b×n×k); returns ``C``.
+
+    The product is symmetric, so above :data:`SYRK_BLOCK_MIN` only its lower 2×2 blocks are computed
+    (recursively: ``C11 ← A1A1ᵀ``, ``C22 ← A2A2ᵀ``, ``C21 ← A2A1ᵀ``) and ``C12`` is copied from ``C21ᵀ``: 3/4 of
+    the GEMM FLOPs per level (a BLAS ``syrk``, which torch does not expose); the mirrored blocks are exact
+    transposes, the diagonal blocks symmetric to round-off, as a single GEMM's result is.
+    With ``beta=0`` the previous content of ``C`` is ignored (NaN included), as in BLAS. ``mirror=False``
+    leaves the strictly-upper blocks undefined, for consumers that read the lower triangle only (Cholesky).
+    """
+    n = C.shape[-1]
+    if n < SYRK_BLOCK_MIN:
+        if C.dim() == 2:
+            return C.addmm_(A, A.mT, beta=beta, alpha=alpha)
+        return C.baddbmm_(A, A.mT, beta=beta, alpha=alpha)
+    k = n // 2
+    A1, A2 = A[..., :k, :], A[..., k:, :]
+    syrk_(C[..., :k, :k], A1, beta, alpha, mirror=mirror)
+    syrk_(C[..., k:, k:], A2, beta, alpha, mirror=mirror)
+    C21 = C[..., k:, :k]
+    if C.dim() == 2:
+        C21.addmm_(A2, A1.mT, beta=beta, alpha=alpha)
+    else:
+        C21.baddbmm_(A2, A1.mT, beta=beta, alpha=alpha)
+    if mirror:
+        C[..., :k, k:].copy_(C21.mT)
+    return C
+
+
 def _unfold(x: Tensor, d: int) -> Tensor:
     """Mode-d unfolding: dimension d first, all others flattened (n_d × prod(others))."""
     return x.movedim(d, 0).reshape(x.shape[d], -1)
@@ -149,13 +193,20 @@ def update_factors_(GG: Bases, g: Tensor, beta: float) -> None:
     """EMA update of the factors in place: ``GG[d] ← β·GG[d] + (1−β)·G_(d) G_(d)ᵀ``.
 
     ``G_(d)`` is the mode-d unfolding, so for a matrix ``GG[0] += G Gᵀ`` and ``GG[1] += Gᵀ G``.
-    ``g`` must already be in the layout's shape and the factors' dtype.
+    ``g`` must already be in the layout's shape and the factors' dtype. The product is accumulated in place
+    by :func:`syrk_` (GEMMs with β, no temporary, only the lower blocks of large factors). A 1-D parameter's factor is an outer product with no sum in
+    it: it is formed and blended exactly as the reference does (``lerp_``), which reproduces the reference's
+    rounding bit for bit — that matters there because a rank-1 factor's null space, and so the basis eigh
+    picks for it, is decided by round-off.
     """
     for d, P in enumerate(GG):
         if P is None:
             continue
         flat = _unfold(g, d)
-        P.lerp_(flat @ flat.T, 1.0 - beta)
+        if flat.shape[1] == 1:
+            P.lerp_(flat @ flat.T, 1.0 - beta)
+        else:
+            syrk_(P, flat, beta, 1.0 - beta)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,7 +254,9 @@ def init_bases(GG: Bases) -> Bases:
     return [None if P is None else eigh_descending(P) for P in GG]
 
 
-def refresh_bases(GG: Bases, Q: Bases, method: str = "qr") -> Tuple[Bases, List[Optional[Tensor]]]:
+def refresh_bases(
+    GG: Bases, Q: Bases, method: str = "qr", qr_method: str = "householder"
+) -> Tuple[Bases, List[Optional[Tensor]]]:
     """Refresh each basis; return the new bases and, per dimension, the permutation applied to its slots.
 
     The current basis columns are sorted by their estimated eigenvalues ``diag(Qᵀ P Q)`` (descending), and the
@@ -211,9 +264,14 @@ def refresh_bases(GG: Bases, Q: Bases, method: str = "qr") -> Tuple[Bases, List[
     dimension with the same permutation (:func:`permute_`), so that slot i keeps tracking the i-th direction.
 
     ``method="qr"`` (paper Algorithm 4): one power-iteration step ``Q ← qr(P Q[:, order]).Q``; the product
-    ``P Q`` is computed once and reused for the eigenvalue estimate.
+    ``P Q`` is computed once and reused for the eigenvalue estimate. ``qr_method`` picks the orthonormalization
+    (:func:`orthonormalize`; both give the same Q up to round-off and column signs, which the optimizers'
+    updates do not depend on).
     ``method="eigh"``: a full eigendecomposition (paper Fig. 7 right); slot i is matched to the i-th largest
     eigenvalue, which is what the sort of the old basis lines up with.
+
+    Batched: ``GG[d]`` and ``Q[d]`` may carry a leading batch dimension (a bucket of same-shape parameters);
+    each matrix of the batch is refreshed on its own, and the permutations are then (batch, n_d).
     """
     if method not in ("qr", "eigh"):
         raise ValueError(f"refresh method must be 'qr' or 'eigh', got {method!r}")
@@ -225,22 +283,181 @@ def refresh_bases(GG: Bases, Q: Bases, method: str = "qr") -> Tuple[Bases, List[
             perms.append(None)
             continue
         PQ = P @ q
-        est_eig = (q * PQ).sum(0)  # diag(Qᵀ P Q)
-        order = torch.argsort(est_eig, descending=True)
+        est_eig = (q * PQ).sum(-2)  # diag(Qᵀ P Q)
+        order = torch.argsort(est_eig, dim=-1, descending=True, stable=True)
         if method == "qr":
-            new_Q.append(torch.linalg.qr(PQ[:, order]).Q)
-        else:
+            new_Q.append(orthonormalize(PQ.gather(-1, order.unsqueeze(-2).expand_as(PQ)), qr_method))
+        elif P.dim() == 2:
             new_Q.append(eigh_descending(P))
+        else:
+            new_Q.append(torch.stack([eigh_descending(x) for x in P]))
         perms.append(order)
     return new_Q, perms
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Orthonormalization (the QR of a refresh)
+# ----------------------------------------------------------------------------------------------------------
+ORTHO_METHODS = ("householder", "cholesky")
+
+#: How each matrix was orthonormalized since import (diagnostics, e.g. for the benchmark): "householder"
+#: (asked for), "cholesky_1" / "cholesky_2" (Cholesky-QR accepted after one / two passes),
+#: "cholesky_fallback" (Cholesky-QR failed its checks; Householder used instead).
+ORTHO_STATS: Counter = Counter()
+
+#: Tolerance of the Cholesky-QR checks, in units of ``eps(dtype)·sqrt(n)``. A Householder Q measures about
+#: 0.5 of these units (orthogonality probe, float32 and float64, n = 8 … 1536).
+CHOLESKY_QR_TOL = 4.0
+
+_PROBES: dict = {}
+
+
+def householder_q(X: Tensor) -> Tensor:
+    """Q of the Householder QR of ``X`` (batched), in X's dtype. Same bits as ``torch.linalg.qr(X).Q``
+    without materializing R (``geqrf`` + ``householder_product``)."""
+    a, tau = torch.geqrf(X)
+    return torch.linalg.householder_product(a, tau)
+
+
+def _probe(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A fixed n×4 random ±1 matrix (seeded, cached): the checks are deterministic."""
+    key = (n, dtype, str(device))
+    if key not in _PROBES:
+        g = torch.Generator().manual_seed(n)
+        _PROBES[key] = (torch.randint(0, 2, (n, 4), generator=g) * 2 - 1).to(dtype=dtype, device=device)
+    return _PROBES[key]
+
+
+def _cholesky_lower_(A: Tensor, base: int = 256) -> Tensor:
+    """Cholesky factorization of SPD ``A`` (batched) in place: ``A`` becomes L (lower triangular, zeros above;
+    only A's lower triangle is read). Returns a per-matrix failure flag.
+
+    On CPU, recursive 2×2 blocking puts most of the work in GEMMs (LAPACK ``potrf`` is far below GEMM speed
+    there for n ≳ 1000); on other devices the library routine is used directly.
+    """
+    n = A.shape[-1]
+    if n <= base or A.device.type != "cpu":
+        L, info = torch.linalg.cholesky_ex(A)
+        A.copy_(L)
+        return info != 0
+    k = n // 2
+    bad1 = _cholesky_lower_(A[..., :k, :k], base)
+    A[..., :k, k:] = 0.0
+    A21 = A[..., k:, :k]
+    A21.copy_(torch.linalg.solve_triangular(A[..., :k, :k], A21.mT, upper=False).mT)  # A21 L11⁻ᵀ
+    syrk_(A[..., k:, k:], A21, 1.0, -1.0, mirror=False)  # Schur complement
+    bad2 = _cholesky_lower_(A[..., k:, k:], base)
+    return bad1 | bad2
+
+
+def _cholesky_qr_pass(X: Tensor, scale: bool = False) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """One Cholesky-QR pass on the columns of X scaled by powers of two: ``Xs = X·diag(s)``,
+    ``R = chol(XsᵀXs)ᵀ``, ``Q = Xs R⁻¹``. Returns (Q, L = Rᵀ, failed flags, s or None).
+
+    With ``scale``, s = 2^-e puts each column norm in [1/2, 1): the Q of a QR is unchanged by positive column
+    scaling, and P·Q's ill-conditioning is mostly its column scales λ_i. Powers of two are exact, so the
+    Gram matrix is formed from X once and scaled afterwards, and Xs is never formed: Qᵀ = (diag(1/s)·L)⁻¹ Xᵀ.
+    (A non-finite Q needs no flag of its own: the NaN-propagating checks of :func:`orthonormalize` reject it.)
+    """
+    k = X.shape[-1]
+    G = syrk_(X.new_empty(*X.shape[:-2], k, k), X.mT, mirror=False)  # XᵀX, lower triangle
+    s = None
+    if scale:
+        _, e = torch.frexp(G.diagonal(dim1=-2, dim2=-1).sqrt())
+        s = torch.ldexp(torch.ones_like(G[..., 0, :]), -e)
+        G.mul_(s.unsqueeze(-1)).mul_(s.unsqueeze(-2))
+    bad = _cholesky_lower_(G)
+    L = G
+    Ls = L if s is None else L / s.unsqueeze(-1)  # Qᵀ = L⁻¹ diag(s) Xᵀ = (diag(1/s) L)⁻¹ Xᵀ
+    Q = torch.linalg.solve_triangular(Ls, X.mT, upper=False).mT  # Xᵀ is column-major already: Q is too
+    return Q, L, bad, s
+
+
+def _checks(Q: Tensor, L: Tensor, XV: Tensor, V: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per matrix, on 4 fixed random vectors V (O(n²), NaN-propagating, so a broken Q fails):
+    the loss of orthogonality ‖(QᵀQ − I) V‖/‖V‖ and the residual ‖X V − Q (R V)‖/‖X V‖ (R = Lᵀ, XV = X V)."""
+    QW = Q @ torch.cat([V.expand(*L.shape[:-2], *V.shape), L.mT @ V], dim=-1)  # one pass over Q for both
+    QV, QRV = QW.split(V.shape[-1], dim=-1)
+    orth = torch.linalg.vector_norm(Q.mT @ QV - V, dim=(-2, -1)) / V.norm()
+    resid = torch.linalg.vector_norm(XV - QRV, dim=(-2, -1)) / torch.linalg.vector_norm(XV, dim=(-2, -1))
+    return orth, resid
+
+
+def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[float] = None) -> Tensor:
+    """Orthonormal Q of the QR factorization of ``X`` (n×k, k ≤ n; batched), in X's dtype.
+
+    ``method="householder"``: LAPACK/cuSOLVER Householder QR (what the reference code calls).
+
+    ``method="cholesky"``: Cholesky-QR, built from GEMMs, a Cholesky and a triangular solve (much faster than
+    Householder on GPUs, and somewhat on CPUs). It squares the condition number, so it is guarded:
+
+      1. the columns are scaled to norms in [1/2, 1) by exact powers of two (the Q of a QR does not change
+         under positive column scaling, and P·Q's ill-conditioning is mostly its column scales λ_i);
+      2. one pass ``R = chol(XᵀX)``, ``Q = X R⁻¹``; accepted if the Cholesky succeeded and both the loss of
+         orthogonality ‖QᵀQ − I‖ and the residual ‖X − QR‖/‖X‖ (estimated on 4 fixed random vectors, O(n²))
+         are below ``tol`` (default :data:`CHOLESKY_QR_TOL`·eps·√n, about 8× what Householder achieves);
+      3. otherwise a second pass on that Q (CholeskyQR2: orthogonal to working precision whenever the first
+         pass's Cholesky succeeded, i.e. cond(X) ≲ eps^-½), checked again;
+      4. matrices that still fail (cond(X) beyond ~eps^-½: numerically rank-deficient factors) get the
+         Householder Q of the unscaled X, exactly as with ``method="householder"``.
+
+    The result equals Householder's Q up to round-off and the signs of its columns (Cholesky-QR's R has a
+    positive diagonal; LAPACK's need not). :data:`ORTHO_STATS` counts which way each matrix went. The result
+    may be column-major (a transposed view); callers that store it copy it where they need to.
+    """
+    if method not in ORTHO_METHODS:
+        raise ValueError(f"orthonormalization must be one of {ORTHO_METHODS}, got {method!r}")
+    if X.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"orthonormalize works in float32 or float64, got {X.dtype} (cast the factor first)")
+    batch = X.shape[:-2]
+    count = math.prod(batch)
+    if method == "householder" or X.numel() == 0:
+        ORTHO_STATS["householder"] += count
+        return householder_q(X)
+    n = X.shape[-1]
+    if tol is None:
+        tol = CHOLESKY_QR_TOL * torch.finfo(X.dtype).eps * math.sqrt(n)
+    Xb = X.reshape(-1, *X.shape[-2:])
+    V = _probe(n, X.dtype, X.device)
+    Q, L1, bad, s = _cholesky_qr_pass(Xb, scale=True)
+    XV = Xb @ (s.unsqueeze(-1) * V)  # Xs V
+    orth, resid = _checks(Q, L1, XV, V)
+    ok1 = ~bad & (orth <= tol) & (resid <= tol)
+    second = ~bad & ~ok1 & (resid <= tol) & (orth <= 0.5)  # a second pass will fix the orthogonality
+    out = Q
+    if bool(second.any()):
+        idx = second.nonzero().squeeze(-1)
+        Q2, L2, bad2, _ = _cholesky_qr_pass(Q[idx])
+        orth2, resid2 = _checks(Q2, L1[idx] @ L2, XV[idx], V)  # R = R2 R1, i.e. L = L1 L2
+        ok2 = ~bad2 & (orth2 <= tol) & (resid2 <= tol)
+        out[idx] = Q2
+        second[idx] = ok2
+    good = ok1 | second
+    n_fallback = count - int(good.sum())
+    if n_fallback:
+        idx = (~good).nonzero().squeeze(-1)
+        out[idx] = householder_q(Xb[idx])
+    ORTHO_STATS["cholesky_1"] += int(ok1.sum())
+    ORTHO_STATS["cholesky_2"] += int(second.sum())
+    ORTHO_STATS["cholesky_fallback"] += n_fallback
+    return out.reshape(X.shape)
+
+
 def permute_(x: Tensor, perms: Sequence[Optional[Tensor]]) -> Tensor:
-    """Reorder ``x`` (layout-shaped, per-coordinate state) along each dimension by ``perms[d]``, in place."""
+    """Reorder ``x`` (layout-shaped, per-coordinate state) along each dimension by ``perms[d]``, in place.
+
+    Batched: with (batch, n_d) permutations, ``x`` is (batch, *layout) and matrix b follows ``perms[d][b]``.
+    """
     y = x
     for d, order in enumerate(perms):
-        if order is not None:
+        if order is None:
+            continue
+        if order.dim() == 1:
             y = y.index_select(d, order)
+        else:
+            shape = [1] * y.dim()
+            shape[0], shape[d + 1] = order.shape
+            y = y.gather(d + 1, order.reshape(shape).expand(y.shape))
     if y is not x:
         x.copy_(y)
     return x

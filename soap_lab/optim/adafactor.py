@@ -116,6 +116,8 @@ class EigenAdafactor(Adafactor):
         precondition_frequency (10), shampoo_beta (-1), max_precond_dim (10000), precondition_1d (False):
             as in :class:`soap_lab.SOAP`.
         refresh ("eigh"): basis refresh by eigendecomposition, or "qr" (one power iteration, as SOAP).
+        qr_method ("cholesky"): the orthonormalization of ``refresh="qr"``, as in :class:`soap_lab.SOAP`
+            (Cholesky-QR with an accuracy check and Householder fallback, or "householder").
         factor_update ("after"): when the current gradient enters the factors.
             ``"after"`` — SOAP's ordering (Algorithm 3, whose Adam is Adafactor here): the first call only
             builds GG and Q, later calls step in the current basis, then update GG, and refresh Q at steps
@@ -155,8 +157,11 @@ class EigenAdafactor(Adafactor):
         factor_update: str = "after",
         statistics: str = "running",
         *,
+        qr_method: str = "cholesky",
         on_nonfinite: str = "raise",
     ):
+        if qr_method not in kron.ORTHO_METHODS:
+            raise ValueError(f"qr_method must be one of {kron.ORTHO_METHODS}, got {qr_method!r}")
         if statistics not in STATISTICS:
             raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
         if factor_update not in FACTOR_UPDATES:
@@ -169,7 +174,7 @@ class EigenAdafactor(Adafactor):
             params, lr, betas, eps, weight_decay, correct_bias, clip_threshold, on_nonfinite=on_nonfinite,
             precondition_frequency=int(precondition_frequency), shampoo_beta=shampoo_beta,
             max_precond_dim=int(max_precond_dim), precondition_1d=precondition_1d, refresh=refresh,
-            factor_update=factor_update, statistics=statistics,
+            factor_update=factor_update, statistics=statistics, qr_method=qr_method,
         )
 
     def _layout(self, p: Tensor, group: dict) -> kron.KronLayout:
@@ -181,7 +186,7 @@ class EigenAdafactor(Adafactor):
 
     def _refresh(self, state: dict, group: dict) -> None:
         Q = state["Q"]
-        new_Q, perms = kron.refresh_bases(state["GG"], Q, group["refresh"])
+        new_Q, perms = kron.refresh_bases(state["GG"], Q, group["refresh"], group.get("qr_method", "cholesky"))
         second_moment.permute_(state, perms)
         state["exp_avg"] = kron.project(kron.project_back(state["exp_avg"], Q), new_Q)
         state["Q"] = new_Q

@@ -18,6 +18,21 @@ rotated and re-rotates it around every step. Both are the same algorithm. Here M
 and is rotated only when the basis changes (``momentum_space="eigenbasis"``, default, 4 fewer matmuls per
 step); ``momentum_space="original"`` is the paper's form (the tests check they agree in float64).
 
+Performance (issue 5). Per m×n layer a step needs 6·m·n·(m+n) FLOPs of matmuls (rotate the gradient in,
+rotate the update back, update L and R), plus, every f steps, P·Q, one orthonormalization per factor and
+the rotation of the momentum into the new basis. On top of that floor:
+  - same-layout parameters are stacked into buckets (:mod:`soap_lab.optim.buckets`) and stepped together:
+    batched matmuls, one elementwise kernel per operation per bucket, ``_foreach`` weight updates, work
+    buffers shared by all buckets and reused every step (3× the largest bucket), no per-step allocations;
+    the per-parameter path (``bucket=False``, and always for rank ≥ 3 layouts, ``precondition_1d`` vectors,
+    factorized SOAP and ``momentum_space="original"``) is the readable reference the buckets are tested
+    against (same numbers up to round-off in float64; bit for bit for the elementwise part);
+  - the factor update accumulates G Gᵀ in place by GEMMs with β (:func:`soap_lab.kron.syrk_`: only the
+    lower blocks of large factors, 3/4 of the FLOPs per level), without a temporary;
+  - the refresh's QR can use Cholesky-QR with an accuracy check and a Householder fallback
+    (``qr_method="cholesky"``, :func:`soap_lab.kron.orthonormalize`): the same Q up to round-off and column
+    signs, which the update does not depend on (V is per coordinate and squared, M is rotated through Q).
+
 Differences from ``torch.optim.AdamW`` when no dimension is rotated (``max_precond_dim=0``), where SOAP is
 exactly Adam from its second call on: (1) ε is added to √V *before* bias correction, so SOAP's ε
 corresponds to torch's ε_t = ε/√(1−β2^t) at step t; (2) weight decay is applied *after* the update and
@@ -26,19 +41,21 @@ scales the updated weight (torch's AdamW decays the weight first).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 import torch
 
 from .. import kron
 from . import second_moment
 from .base import LabOptimizer
+from .buckets import Bucket, Workspace
 
 Tensor = torch.Tensor
 
 REFRESH_METHODS = ("qr", "eigh")
 MOMENTUM_SPACES = ("eigenbasis", "original")
 DATA_FORMATS = ("channels_first", "channels_last")
+QR_METHODS = kron.ORTHO_METHODS
 
 
 class SOAP(LabOptimizer):
@@ -65,6 +82,11 @@ class SOAP(LabOptimizer):
         factorized (False): Adafactor's factored second moment instead of Adam's V inside the basis (paper §7).
             Both together give the paper's lowest-memory variant.
         momentum_space ("eigenbasis"): where M is stored (see module docstring); same algorithm either way.
+        bucket (True): step same-layout parameters together (batched; see module docstring). Same numbers
+            as ``bucket=False`` up to round-off.
+        qr_method ("cholesky"): orthonormalization of the QR refresh: "cholesky" (Cholesky-QR, checked, with
+            a Householder fallback; :func:`soap_lab.kron.orthonormalize`) or "householder" (the reference's
+            ``torch.linalg.qr``). Same Q up to round-off and column signs.
         on_nonfinite ("raise"): "raise" a FloatingPointError on NaN/Inf gradients, or "skip" the step.
     """
 
@@ -88,12 +110,16 @@ class SOAP(LabOptimizer):
         one_sided: bool = False,
         factorized: bool = False,
         momentum_space: str = "eigenbasis",
+        bucket: bool = True,
+        qr_method: str = "cholesky",
         on_nonfinite: str = "raise",
     ):
         if refresh not in REFRESH_METHODS:
             raise ValueError(f"refresh must be one of {REFRESH_METHODS}, got {refresh!r}")
         if momentum_space not in MOMENTUM_SPACES:
             raise ValueError(f"momentum_space must be one of {MOMENTUM_SPACES}, got {momentum_space!r}")
+        if qr_method not in QR_METHODS:
+            raise ValueError(f"qr_method must be one of {QR_METHODS}, got {qr_method!r}")
         if data_format not in DATA_FORMATS:
             raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
         if int(precondition_frequency) < 1:
@@ -103,10 +129,13 @@ class SOAP(LabOptimizer):
             precondition_frequency=int(precondition_frequency), max_precond_dim=int(max_precond_dim),
             merge_dims=merge_dims, precondition_1d=precondition_1d, normalize_grads=normalize_grads,
             correct_bias=correct_bias, refresh=refresh, one_sided=one_sided, factorized=factorized,
-            momentum_space=momentum_space,
+            momentum_space=momentum_space, bucket=bool(bucket), qr_method=qr_method,
         )
         super().__init__(params, defaults, on_nonfinite=on_nonfinite)
         self._data_format = data_format
+        self._buckets: Dict[tuple, Bucket] = {}  # a cache (see buckets.py); never part of state_dict
+        self._bucket_of: Dict[int, tuple] = {}
+        self._workspace = Workspace()
 
     # -- tensor <-> layout ------------------------------------------------------------------------------
     def _nhwc(self, p: Tensor, group: dict) -> bool:
@@ -131,6 +160,105 @@ class SOAP(LabOptimizer):
         return x.reshape(p.shape)
 
     # -- the step --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One optimization step: first calls and unbucketable parameters one by one (:meth:`_update_param`),
+        the rest bucket by bucket (:meth:`_update_bucket`)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        items = self._checked_grads()
+        if items is None:
+            return loss
+        index = {id(g): i for i, g in enumerate(self.param_groups)}
+        groups: Dict[tuple, List[Tuple[Tensor, Tensor]]] = {}
+        for group, p, g in items:
+            key = self._bucket_key(index[id(group)], group, p)
+            if key is None:
+                self._update_param(group, p, g)
+            else:
+                groups.setdefault(key, []).append((p, g))
+        for key, members in groups.items():
+            self._update_bucket(self.param_groups[key[0]], key, members)
+        return loss
+
+    def _bucket_key(self, gi: int, group: dict, p: Tensor):
+        """Parameters with equal keys are stepped together; None: per-parameter path."""
+        state = self.state[p]
+        if (not group.get("bucket", True) or "Q" not in state or "exp_avg_sq" not in state
+                or group["momentum_space"] != "eigenbasis"):
+            return None
+        layout = self._layout(p, group)
+        if len(layout.shape) > 2 or (len(layout.shape) == 1 and layout.n_precond):
+            # Rank ≥ 3: per parameter (readable, rare). A preconditioned 1-D factor gains rank one per step, so
+            # for its first n steps the basis is decided by round-off; the per-parameter path reproduces the
+            # reference's rounding there (see kron.update_factors_), a batched kernel would not.
+            return None
+        return (gi, layout.shape, layout.precond, state["exp_avg"].dtype, p.dtype, p.device, state["step"],
+                self._nhwc(p, group))
+
+    def _bucket_for(self, key: tuple, params: List[Tensor], states: List[dict], layout: kron.KronLayout) -> Bucket:
+        bkey = key[:6] + key[7:] + tuple(id(p) for p in params)  # everything but the step count
+        bucket = self._buckets.get(bkey)
+        if bucket is not None and all(a is b for a, b in zip(bucket.params, params)) and bucket.intact(states):
+            return bucket
+        for p in params:  # a parameter belongs to one bucket at a time
+            old = self._bucket_of.pop(id(p), None)
+            if old is not None:
+                self._buckets.pop(old, None)
+        bucket = Bucket(params, states, layout)
+        self._buckets[bkey] = bucket
+        for p in params:
+            self._bucket_of[id(p)] = bkey
+        return bucket
+
+    def _update_bucket(self, group: dict, key: tuple, members: List[Tuple[Tensor, Tensor]]) -> None:
+        """The step of :meth:`_update_param` for a bucket of same-layout parameters (batched)."""
+        params = [p for p, _ in members]
+        states = [self.state[p] for p in params]
+        layout = self._layout(params[0], group)
+        b = self._bucket_for(key, params, states, layout)
+        beta1, beta2 = group["betas"]
+        factor_beta = group["shampoo_beta"] if group["shampoo_beta"] >= 0 else beta2
+        t = states[0]["step"] + 1
+        for st in states:
+            st["step"] = t
+        G, buf1, buf2 = self._workspace.buffers(b.M)
+        for i, (p, g) in enumerate(members):
+            G[i].copy_(self._to_layout(g, p, group, layout))
+
+        g_rot = b.rotate(G, out=buf1, tmp=buf2)
+        # The factor update reads only G, so it can run now and free G as a buffer (same numbers as after
+        # the weight step: the basis used below is the current one either way).
+        b.update_factors_(G, factor_beta)
+        b.M.lerp_(g_rot, 1 - beta1)
+        b.V.mul_(beta2).addcmul_(g_rot, g_rot, value=1 - beta2)
+        n_rot = torch.sqrt(b.V, out=buf2).add_(group["eps"])
+        torch.div(b.M, n_rot, out=n_rot)
+        update = b.rotate(n_rot, out=buf1, tmp=G, back=True)
+        if group["normalize_grads"]:
+            dims = tuple(range(1, update.dim()))
+            update.div_(update.square().mean(dim=dims, keepdim=True).sqrt().add_(1e-30))
+        step_size = group["lr"]
+        if group["correct_bias"]:
+            step_size *= math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        ups = [self._from_layout(update[i], p, group) for i, p in enumerate(params)]
+        if params[0].dtype == b.M.dtype:
+            torch._foreach_add_(params, ups, alpha=-step_size)
+            if group["weight_decay"] > 0:
+                torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
+        else:
+            for p, u in zip(params, ups):
+                self._apply_update(p, u, step_size, group["lr"], group["weight_decay"])
+
+        if t % group["precondition_frequency"] == 0 and layout.n_precond:
+            new_Q, perms = kron.refresh_bases(b.GG, b.Q, group["refresh"], group.get("qr_method", "cholesky"))
+            kron.permute_(b.V, perms)
+            m_orig = b.rotate(b.M, out=buf1, tmp=buf2, back=True)
+            b.rotate(m_orig, out=b.M, tmp=buf2, Q=new_Q)
+            b.replace_bases(new_Q, states)
+
     def _update_param(self, group: dict, p: Tensor, grad: Tensor) -> None:
         state = self.state[p]
         dtype = kron.state_dtype_for(p.dtype)
@@ -157,10 +285,10 @@ class SOAP(LabOptimizer):
         # Inside the basis: Adam (or Adafactor with factorized=True).
         exp_avg = state["exp_avg"]
         if group["momentum_space"] == "eigenbasis":
-            exp_avg.mul_(beta1).add_(g_rot, alpha=1 - beta1)
+            exp_avg.lerp_(g_rot, 1 - beta1)  # β1·M + (1−β1)·G' in one pass
             m_rot = exp_avg
         else:
-            exp_avg.mul_(beta1).add_(g, alpha=1 - beta1)
+            exp_avg.lerp_(g, 1 - beta1)
             m_rot = kron.project(exp_avg, Q)
         second_moment.update_(state, g_rot, beta2)
         denom = second_moment.estimate(state).sqrt().add_(group["eps"])
@@ -176,7 +304,7 @@ class SOAP(LabOptimizer):
         # After the weight step: the current gradient enters the factors, then (every f steps) the basis.
         kron.update_factors_(state["GG"], g, factor_beta)
         if t % group["precondition_frequency"] == 0 and layout.n_precond:
-            new_Q, perms = kron.refresh_bases(state["GG"], Q, group["refresh"])
+            new_Q, perms = kron.refresh_bases(state["GG"], Q, group["refresh"], group.get("qr_method", "cholesky"))
             second_moment.permute_(state, perms)
             if group["momentum_space"] == "eigenbasis":
                 state["exp_avg"] = kron.project(kron.project_back(exp_avg, Q), new_Q)

@@ -1,0 +1,260 @@
+"""The fast paths of issue 5 give the numbers of the plain ones: buckets, Cholesky-QR, syrk, foreach.
+
+No timing assertions here (benchmarks/step_time.py measures); every check is an equality or a float64
+tolerance against the readable per-parameter path or a LAPACK reference.
+"""
+import copy
+
+import pytest
+import torch
+
+from soap_lab import SOAP, EigenAdafactor, kron
+from soap_lab.optim.base import LabOptimizer
+from helpers import open_loop_grads, rel, run
+
+F64 = torch.float64
+
+# Same-shape matrices (buckets of 2 and 3), a transposed shape, a one-sided layout (40 > max_precond_dim
+# below), vectors (AdamW, bucketed), a 3-D tensor (per-parameter path).
+SHAPES = [(12, 8), (12, 8), (8, 12), (7, 7), (7, 7), (7, 7), (40, 6), (9,), (9,), (3, 4, 2)]
+
+
+def _state_close(opt_a, params_a, opt_b, params_b, tol):
+    worst = 0.0
+    for pa, pb in zip(params_a, params_b):
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
+        assert sa.keys() == sb.keys()
+        assert sa["step"] == sb["step"]
+        for key in ("exp_avg", "exp_avg_sq"):
+            worst = max(worst, rel(sa[key], sb[key]))
+        for key in ("GG", "Q"):
+            for x, y in zip(sa[key], sb[key]):
+                assert (x is None) == (y is None)
+                if x is not None:
+                    worst = max(worst, rel(x, y))
+    assert worst <= tol, worst
+
+
+@pytest.mark.parametrize("kw", [
+    dict(precondition_frequency=2),
+    dict(precondition_frequency=3, max_precond_dim=16, weight_decay=0.1),
+    dict(precondition_frequency=1, normalize_grads=True, qr_method="householder"),
+    dict(precondition_frequency=2, one_sided=True, refresh="eigh"),
+    dict(precondition_frequency=3, correct_bias=False, shampoo_beta=0.99, betas=(0.9, 0.99)),
+], ids=["default", "max-dim-wd", "f1-normalize-householder", "one-sided-eigh", "no-bias-correction"])
+def test_bucketed_equals_unbucketed_float64(kw):
+    init = [torch.randn(*s, dtype=F64) for s in SHAPES]
+    grads = open_loop_grads(SHAPES, 14, seed=31)
+    a, oa = run(lambda ps: SOAP(ps, lr=1e-2, bucket=True, **kw), init, grads)
+    b, ob = run(lambda ps: SOAP(ps, lr=1e-2, bucket=False, **kw), init, grads)
+    assert len(oa._buckets) >= 3 and not ob._buckets  # the buckets were really used (and only there)
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-12
+    assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
+    _state_close(oa, a, ob, b, 1e-12)
+
+
+def test_bucket_state_is_per_parameter_views_with_the_reference_names():
+    params = [torch.nn.Parameter(torch.randn(6, 5)) for _ in range(3)]
+    opt = SOAP(params, precondition_frequency=2)
+    for row in open_loop_grads([(6, 5)] * 3, 5, seed=32, dtype=torch.float32):
+        for p, g in zip(params, row):
+            p.grad = g
+        opt.step()
+    (bucket,) = opt._buckets.values()
+    for i, p in enumerate(params):
+        st = opt.state[p]
+        assert set(st) == {"step", "exp_avg", "exp_avg_sq", "GG", "Q"}
+        assert st["exp_avg"].shape == (6, 5) and st["exp_avg"].data_ptr() == bucket.M[i].data_ptr()
+        assert [tuple(q.shape) for q in st["Q"]] == [(6, 6), (5, 5)]
+        assert st["Q"][1].data_ptr() == bucket.Q[1][i].data_ptr()
+
+
+def test_bucket_follows_changes_of_membership_and_of_state():
+    """Parameters without a gradient, a load_state_dict, and a state tensor replaced from outside: the bucket
+    is rebuilt from the current state each time, and the run still equals the per-parameter one."""
+    shapes = [(6, 5)] * 3
+    init = [torch.randn(*s, dtype=F64) for s in shapes]
+    grads = open_loop_grads(shapes, 16, seed=33)
+
+    def drive(bucket):
+        params = [torch.nn.Parameter(x.clone()) for x in init]
+        opt = SOAP(params, lr=1e-2, precondition_frequency=3, bucket=bucket)
+        for t, row in enumerate(grads):
+            for i, (p, g) in enumerate(zip(params, row)):
+                p.grad = None if (t in (5, 6) and i == 1) else g.clone()
+            opt.step()
+            if t == 8:
+                saved = copy.deepcopy(opt.state_dict())
+                opt = SOAP(params, lr=1e-2, precondition_frequency=3, bucket=bucket)
+                opt.load_state_dict(saved)
+            if t == 11:
+                st = opt.state[params[2]]
+                st["exp_avg"] = st["exp_avg"].clone()  # no longer the bucket's view
+        return params
+
+    a, b = drive(True), drive(False)
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-12
+
+
+def test_bucketed_checkpoint_continues_bit_exactly():
+    params = [torch.nn.Parameter(torch.randn(6, 5)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(5))]
+    shapes = [tuple(p.shape) for p in params]
+    opt = SOAP(params, precondition_frequency=2)
+
+    def feed(ps, o, seed):
+        for row in open_loop_grads(shapes, 5, seed=seed, dtype=torch.float32):
+            for p, g in zip(ps, row):
+                p.grad = g
+            o.step()
+
+    feed(params, opt, 0)
+    saved_params = [p.detach().clone() for p in params]
+    saved = copy.deepcopy(opt.state_dict())
+    feed(params, opt, 9)
+    fresh = [torch.nn.Parameter(x.clone()) for x in saved_params]
+    fresh_opt = SOAP(fresh, precondition_frequency=2)
+    fresh_opt.load_state_dict(saved)
+    feed(fresh, fresh_opt, 9)
+    assert all(torch.equal(a, b) for a, b in zip(params, fresh))
+
+
+def test_foreach_elementwise_path_equals_plain_path_bit_for_bit():
+    """With no rotation (max_precond_dim=0) a bucket is pure elementwise work: stacked ops and _foreach_add_
+    must give exactly the per-parameter path's float32 numbers (weight decay included)."""
+    shapes = [(6, 5), (6, 5), (6, 5), (7,), (7,)]
+    init = [torch.randn(*s) for s in shapes]
+    grads = open_loop_grads(shapes, 12, seed=34, dtype=torch.float32)
+    kw = dict(lr=1e-2, weight_decay=0.1, max_precond_dim=0)
+    a, oa = run(lambda ps: SOAP(ps, bucket=True, **kw), init, grads)
+    b, _ = run(lambda ps: SOAP(ps, bucket=False, **kw), init, grads)
+    assert oa._buckets
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_fast_finiteness_check_matches_isfinite():
+    big = torch.full((4,), 3e38)  # finite, but its L2 norm overflows: re-checked exactly
+    cases = [torch.randn(5), big, torch.tensor([1.0, float("nan")]), torch.tensor([float("-inf"), 0.0]),
+             torch.randn(3, 2).to(torch.bfloat16), torch.tensor(2.0)]
+    expected = [bool(torch.isfinite(g).all()) for g in cases]
+    assert LabOptimizer._finite_flags(cases).tolist() == expected == [True, True, False, False, True, True]
+    assert LabOptimizer._finite_flags(cases + [torch.zeros(0)]).tolist() == expected + [True]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Orthonormalization
+# --------------------------------------------------------------------------------------------------------
+def _sign_aligned(Q, H):
+    return H * torch.sign((Q * H).sum(-2, keepdim=True))
+
+
+def _conditioned(n, cond, dtype, batch=(), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(*batch, n, n, generator=g, dtype=F64)).Q
+    W = torch.linalg.qr(torch.randn(*batch, n, n, generator=g, dtype=F64)).Q
+    s = torch.logspace(0, -torch.log10(torch.tensor(float(cond))).item(), n, dtype=F64)
+    return ((U * s) @ W.mT).to(dtype)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (F64, 1e-12)])
+@pytest.mark.parametrize("n", [5, 48, 520])  # 520: the blocked Cholesky and syrk paths
+def test_cholesky_qr_equals_householder_up_to_column_signs(n, dtype, atol):
+    g = torch.Generator().manual_seed(n)
+    X = (torch.randn(3, n, n, generator=g, dtype=F64) / n**0.5 + 2 * torch.eye(n, dtype=F64)).to(dtype)  # cond ≈ 3
+    kron.ORTHO_STATS.clear()
+    Q = kron.orthonormalize(X, "cholesky")
+    H = kron.orthonormalize(X, "householder")
+    assert kron.ORTHO_STATS["cholesky_fallback"] == 0 and kron.ORTHO_STATS["householder"] == 3
+    assert Q.dtype == dtype and Q.shape == X.shape
+    assert float((Q - _sign_aligned(Q, H)).abs().max()) <= atol
+    eye = torch.eye(n, dtype=dtype)
+    assert float((Q.mT @ Q - eye).abs().max()) <= 10 * torch.finfo(dtype).eps * n**0.5
+    # Gram-Schmidt order is kept: Qᵀ X is upper triangular with a positive diagonal
+    R = Q.mT @ X
+    assert float(R.tril(-1).abs().max()) <= atol * float(R.abs().max())
+    assert bool((R.diagonal(dim1=-2, dim2=-1) > 0).all())
+    # an unbatched matrix takes the same path
+    assert float((kron.orthonormalize(X[0], "cholesky") - Q[0]).abs().max()) <= atol
+
+
+def test_cholesky_qr_falls_back_to_householder_when_it_loses_accuracy():
+    # cond 1e6 in float32: Cholesky of XᵀX (cond 1e12 > 1/eps) breaks down or loses orthogonality.
+    good = _conditioned(64, 10.0, torch.float32, seed=1)
+    bad = _conditioned(64, 1e6, torch.float32, seed=2)
+    zero = torch.zeros(64, 64)  # an all-zero factor times Q: no column to normalize
+    X = torch.stack([good, bad, zero])
+    kron.ORTHO_STATS.clear()
+    Q = kron.orthonormalize(X, "cholesky")
+    assert kron.ORTHO_STATS["cholesky_fallback"] == 2
+    assert kron.ORTHO_STATS["cholesky_1"] + kron.ORTHO_STATS["cholesky_2"] == 1
+    assert torch.equal(Q[1], kron.householder_q(bad)) and torch.equal(Q[2], kron.householder_q(zero))
+    # ...and the fallback is what Householder would have given; a plain (unchecked) Cholesky-QR would not be
+    # orthonormal here
+    Xs = bad / bad.norm(dim=0, keepdim=True)
+    L, info = torch.linalg.cholesky_ex(Xs.T @ Xs)
+    if int(info) == 0:
+        naive = torch.linalg.solve_triangular(L.T, Xs, upper=True, left=False)
+        assert float((naive.T @ naive - torch.eye(64)).abs().max()) > 1e-3
+
+
+def test_cholesky_qr_in_float64_handles_what_float32_cannot():
+    X = _conditioned(64, 1e6, F64, seed=3)
+    kron.ORTHO_STATS.clear()
+    Q = kron.orthonormalize(X, "cholesky")
+    assert kron.ORTHO_STATS["cholesky_fallback"] == 0
+    H = kron.householder_q(X)
+    assert float((Q - _sign_aligned(Q, H)).abs().max()) <= 1e-8  # ~ cond · eps, the problem's own sensitivity
+
+
+def test_orthonormalize_rejects_low_precision_and_unknown_methods():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kron.orthonormalize(torch.randn(4, 4).to(torch.bfloat16), "cholesky")
+    with pytest.raises(ValueError, match="orthonormalization"):
+        kron.orthonormalize(torch.randn(4, 4), "svd")
+    with pytest.raises(ValueError, match="qr_method"):
+        SOAP([torch.nn.Parameter(torch.zeros(2, 2))], qr_method="svd")
+
+
+@pytest.mark.parametrize("bucket", [True, False])
+def test_soap_trajectory_does_not_depend_on_the_qr_method(bucket):
+    """Cholesky-QR and Householder differ in round-off and column signs; SOAP's update does not depend on the
+    signs (V is per coordinate and squared, the momentum is rotated through Q), so the runs agree."""
+    shapes = [(10, 6), (10, 6), (6, 6), (5,)]
+    init = [torch.randn(*s, dtype=F64) for s in shapes]
+    grads = open_loop_grads(shapes, 20, seed=35)
+    kw = dict(lr=1e-2, precondition_frequency=2, bucket=bucket)
+    kron.ORTHO_STATS.clear()
+    a, _ = run(lambda ps: SOAP(ps, qr_method="cholesky", **kw), init, grads)
+    assert kron.ORTHO_STATS["cholesky_1"] + kron.ORTHO_STATS["cholesky_2"] > 0
+    b, _ = run(lambda ps: SOAP(ps, qr_method="householder", **kw), init, grads)
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-10
+    assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
+
+
+def test_eigen_adafactor_qr_method():
+    shapes = [(8, 6), (5,)]
+    init = [torch.randn(*s, dtype=F64) for s in shapes]
+    grads = open_loop_grads(shapes, 12, seed=36)
+    kw = dict(lr=1e-2, precondition_frequency=2, refresh="qr")
+    a, _ = run(lambda ps: EigenAdafactor(ps, qr_method="cholesky", **kw), init, grads)
+    b, _ = run(lambda ps: EigenAdafactor(ps, qr_method="householder", **kw), init, grads)
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-10
+
+
+# --------------------------------------------------------------------------------------------------------
+# syrk
+# --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,k", [(7, 3), (600, 40), (1100, 30)])
+def test_syrk_equals_the_full_product_and_is_symmetric(n, k):
+    A = torch.randn(2, n, k, dtype=F64)
+    C0 = torch.randn(2, n, n, dtype=F64)
+    C0 = C0 + C0.mT
+    C = kron.syrk_(C0.clone(), A, 0.9, 0.1)
+    assert rel(C, 0.9 * C0 + 0.1 * A @ A.mT) <= 1e-14
+    assert rel(C, C.mT) <= 1e-15
+    if n >= kron.SYRK_BLOCK_MIN:
+        h = n // 2
+        assert torch.equal(C[:, :h, h:], C[:, h:, :h].mT)  # only the lower block was computed
+    C2 = kron.syrk_(C0[0].clone(), A[0], 0.9, 0.1)  # unbatched
+    assert rel(C2, C[0]) <= 1e-14
+    fresh = kron.syrk_(torch.full((n, n), float("nan"), dtype=F64), A[0])  # beta=0 ignores the old content
+    assert rel(fresh, A[0] @ A[0].T) <= 1e-14
