@@ -369,7 +369,14 @@ def _cholesky_qr_pass(X: Tensor, scale: bool = False) -> Tuple[Tensor, Tensor, T
     bad = _cholesky_lower_(G)
     L = G
     Ls = L if s is None else L / s.unsqueeze(-1)  # Qᵀ = L⁻¹ diag(s) Xᵀ = (diag(1/s) L)⁻¹ Xᵀ
-    Q = torch.linalg.solve_triangular(Ls, X.mT, upper=False).mT  # Xᵀ is column-major already: Q is too
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        Q = torch.linalg.solve_triangular(Ls, X.mT, upper=False).mT  # Xᵀ is column-major already: Q is too
+    else:  # no triangular solve for the matrices whose Cholesky broke down (NaN: the checks reject them)
+        Q = torch.full_like(X, float("nan"))
+        if n_bad < X.shape[0]:
+            ok = (~bad).nonzero().squeeze(-1)
+            Q[ok] = torch.linalg.solve_triangular(Ls[ok], X[ok].mT, upper=False).mT
     return Q, L, bad, s
 
 
