@@ -350,44 +350,58 @@ def _cholesky_lower_(A: Tensor, base: int = 256) -> Tensor:
     return bad1 | bad2
 
 
-def _cholesky_qr_pass(X: Tensor, scale: bool = False) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """One Cholesky-QR pass on the columns of X scaled by powers of two: ``Xs = X·diag(s)``,
-    ``R = chol(XsᵀXs)ᵀ``, ``Q = Xs R⁻¹``. Returns (Q, L = Rᵀ, failed flags, s or None).
+def _column_scales(X: Tensor) -> Tensor:
+    """Powers of two s = 2^-e that put each column norm of X in [1/2, 1) (zero columns get 1)."""
+    _, e = torch.frexp(torch.linalg.vector_norm(X, dim=-2))
+    return torch.ldexp(torch.ones_like(X[..., 0, :]), -e)
 
-    With ``scale``, s = 2^-e puts each column norm in [1/2, 1): the Q of a QR is unchanged by positive column
-    scaling, and P·Q's ill-conditioning is mostly its column scales λ_i. Powers of two are exact, so the
-    Gram matrix is formed from X once and scaled afterwards, and Xs is never formed: Qᵀ = (diag(1/s)·L)⁻¹ Xᵀ.
-    (A non-finite Q needs no flag of its own: the NaN-propagating checks of :func:`orthonormalize` reject it.)
+
+def _gram_cholesky(X: Tensor, scale: bool = False, s: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """First half of a Cholesky-QR pass on the columns of X scaled by powers of two, ``Xs = X·diag(s)``:
+    ``L = chol(XsᵀXs)`` (lower; R = Lᵀ). Returns (L, failed flags, s or None).
+
+    With ``scale``, s = 2^-e puts each column norm in [1/2, 1) (or ``s`` is given): the Q of a QR is unchanged
+    by positive column scaling, and P·Q's ill-conditioning is mostly its column scales λ_i. Powers of two are
+    exact, so the Gram matrix is formed from X once and scaled afterwards, and Xs is never formed.
     """
     k = X.shape[-1]
     G = syrk_(X.new_empty(*X.shape[:-2], k, k), X.mT, mirror=False)  # XᵀX, lower triangle
-    s = None
-    if scale:
-        _, e = torch.frexp(G.diagonal(dim1=-2, dim2=-1).sqrt())
-        s = torch.ldexp(torch.ones_like(G[..., 0, :]), -e)
+    if scale and s is None:
+        s = _column_scales(X)
+    if s is not None:
         G.mul_(s.unsqueeze(-1)).mul_(s.unsqueeze(-2))
     bad = _cholesky_lower_(G)
-    L = G
-    Ls = L if s is None else L / s.unsqueeze(-1)  # Qᵀ = L⁻¹ diag(s) Xᵀ = (diag(1/s) L)⁻¹ Xᵀ
+    return G, bad, s
+
+
+def _cholesky_solve(X: Tensor, L: Tensor, bad: Tensor, s: Optional[Tensor]) -> Tensor:
+    """Second half of a Cholesky-QR pass: ``Q = Xs R⁻¹``, i.e. Qᵀ = L⁻¹ diag(s) Xᵀ = (diag(1/s) L)⁻¹ Xᵀ.
+    Matrices whose Cholesky broke down get no solve and a NaN Q (the NaN-propagating checks of
+    :func:`orthonormalize` reject it)."""
+    Ls = L if s is None else L / s.unsqueeze(-1)
     n_bad = int(bad.sum())
     if n_bad == 0:
-        Q = torch.linalg.solve_triangular(Ls, X.mT, upper=False).mT  # Xᵀ is column-major already: Q is too
-    else:  # no triangular solve for the matrices whose Cholesky broke down (NaN: the checks reject them)
-        Q = torch.full_like(X, float("nan"))
-        if n_bad < X.shape[0]:
-            ok = (~bad).nonzero().squeeze(-1)
-            Q[ok] = torch.linalg.solve_triangular(Ls[ok], X[ok].mT, upper=False).mT
-    return Q, L, bad, s
+        return torch.linalg.solve_triangular(Ls, X.mT, upper=False).mT  # Xᵀ is column-major already: Q is too
+    Q = torch.full_like(X, float("nan"))
+    if n_bad < X.shape[0]:
+        ok = (~bad).nonzero().squeeze(-1)
+        Q[ok] = torch.linalg.solve_triangular(Ls[ok], X[ok].mT, upper=False).mT
+    return Q
 
 
-def _checks(Q: Tensor, L: Tensor, XV: Tensor, V: Tensor) -> Tuple[Tensor, Tensor]:
+def _checks(Q: Tensor, RV: Tensor, XV: Tensor, V: Tensor) -> Tuple[Tensor, Tensor]:
     """Per matrix, on 4 fixed random vectors V (O(n²), NaN-propagating, so a broken Q fails):
-    the loss of orthogonality ‖(QᵀQ − I) V‖/‖V‖ and the residual ‖X V − Q (R V)‖/‖X V‖ (R = Lᵀ, XV = X V)."""
-    QW = Q @ torch.cat([V.expand(*L.shape[:-2], *V.shape), L.mT @ V], dim=-1)  # one pass over Q for both
+    the loss of orthogonality ‖(QᵀQ − I) V‖/‖V‖ and the residual ‖X V − Q (R V)‖/‖X V‖ (RV = R V, XV = X V)."""
+    QW = Q @ torch.cat([V.expand(*RV.shape[:-2], *V.shape), RV], dim=-1)  # one pass over Q for both
     QV, QRV = QW.split(V.shape[-1], dim=-1)
     orth = torch.linalg.vector_norm(Q.mT @ QV - V, dim=(-2, -1)) / V.norm()
     resid = torch.linalg.vector_norm(XV - QRV, dim=(-2, -1)) / torch.linalg.vector_norm(XV, dim=(-2, -1))
     return orth, resid
+
+
+def _rows(x: Tensor, idx: Tensor, count: int) -> Tensor:
+    """``x[idx]`` without the copy when idx selects every matrix (in order)."""
+    return x if idx.numel() == count else x[idx]
 
 
 def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[float] = None) -> Tensor:
@@ -395,14 +409,14 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
 
     ``method="householder"``: LAPACK/cuSOLVER Householder QR (what the reference code calls).
 
-    ``method="cholesky"``: Cholesky-QR, built from GEMMs, a Cholesky and a triangular solve (much faster than
-    Householder on GPUs, and somewhat on CPUs). It squares the condition number, so it is guarded:
+    ``method="cholesky"``: Cholesky-QR, built from GEMMs, a Cholesky and a triangular solve. It squares the
+    condition number, so it is guarded:
 
       1. the columns are scaled to norms in [1/2, 1) by exact powers of two (the Q of a QR does not change
          under positive column scaling, and P·Q's ill-conditioning is mostly its column scales λ_i);
-      2. one pass ``R = chol(XᵀX)``, ``Q = X R⁻¹``; accepted if the Cholesky succeeded and both the loss of
-         orthogonality ‖QᵀQ − I‖ and the residual ‖X − QR‖/‖X‖ (estimated on 4 fixed random vectors, O(n²))
-         are below ``tol`` (default :data:`CHOLESKY_QR_TOL`·eps·√n, about 8× what Householder achieves);
+      2. one pass ``L = chol(XᵀX)``, ``Q = X R⁻¹`` (R = Lᵀ); accepted if the Cholesky succeeded and both the
+         loss of orthogonality ‖QᵀQ − I‖ and the residual ‖X − QR‖/‖X‖ (estimated on 4 fixed random vectors, O(n²)) are below
+         ``tol`` (default :data:`CHOLESKY_QR_TOL`·eps·√n, about 8× what Householder achieves);
       3. otherwise a second pass on that Q (CholeskyQR2: orthogonal to working precision whenever the first
          pass's Cholesky succeeded, i.e. cond(X) ≲ eps^-½), checked again;
       4. matrices that still fail (cond(X) beyond ~eps^-½: numerically rank-deficient factors) get the
@@ -411,6 +425,12 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
     The result equals Householder's Q up to round-off and the signs of its columns (Cholesky-QR's R has a
     positive diagonal; LAPACK's need not). :data:`ORTHO_STATS` counts which way each matrix went. The result
     may be column-major (a transposed view); callers that store it copy it where they need to.
+
+    Speed (``benchmarks/orthonormalize.py``, 2-core CPU, float32, batches of 4): once the basis tracks the
+    factor (refresh at step 50) one pass suffices and Cholesky-QR is 1.5–2.9× faster than Householder for
+    n = 384 … 3072; in a run's first refreshes the stale basis makes P·Q far from orthogonal (cond 25–700),
+    every matrix needs the second pass and Cholesky-QR is 1.3–1.8× *slower*. The default follows the long
+    run; ``qr_method="householder"`` is the choice for short runs on CPU.
     """
     if method not in ORTHO_METHODS:
         raise ValueError(f"orthonormalization must be one of {ORTHO_METHODS}, got {method!r}")
@@ -422,32 +442,40 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
         ORTHO_STATS["householder"] += count
         return householder_q(X)
     n = X.shape[-1]
+    eps = torch.finfo(X.dtype).eps
     if tol is None:
-        tol = CHOLESKY_QR_TOL * torch.finfo(X.dtype).eps * math.sqrt(n)
+        tol = CHOLESKY_QR_TOL * eps * math.sqrt(n)
     Xb = X.reshape(-1, *X.shape[-2:])
+    s = _column_scales(Xb)
+    L1, bad, _ = _gram_cholesky(Xb, s=s)
     V = _probe(n, X.dtype, X.device)
-    Q, L1, bad, s = _cholesky_qr_pass(Xb, scale=True)
+    Q = _cholesky_solve(Xb, L1, bad, s)
     XV = Xb @ (s.unsqueeze(-1) * V)  # Xs V
-    orth, resid = _checks(Q, L1, XV, V)
+    R1V = L1.mT @ V
+    orth, resid = _checks(Q, R1V, XV, V)
     ok1 = ~bad & (orth <= tol) & (resid <= tol)
     second = ~bad & ~ok1 & (resid <= tol) & (orth <= 0.5)  # a second pass will fix the orthogonality
-    out = Q
     if bool(second.any()):
-        idx = second.nonzero().squeeze(-1)
-        Q2, L2, bad2, _ = _cholesky_qr_pass(Q[idx])
-        orth2, resid2 = _checks(Q2, L1[idx] @ L2, XV[idx], V)  # R = R2 R1, i.e. L = L1 L2
-        ok2 = ~bad2 & (orth2 <= tol) & (resid2 <= tol)
-        out[idx] = Q2
-        second[idx] = ok2
+        j = second.nonzero().squeeze(-1)
+        Qj = _rows(Q, j, count)
+        L2, bad2, _ = _gram_cholesky(Qj)
+        Q2 = _cholesky_solve(Qj, L2, bad2, None)
+        # R = R2 R1 (L = L1 L2): R V = R2 (R1 V), no n³ product needed for the check
+        orth2, resid2 = _checks(Q2, L2.mT @ _rows(R1V, j, count), _rows(XV, j, count), V)
+        if j.numel() == count:
+            Q = Q2
+        else:
+            Q[j] = Q2
+        second[j] = ~bad2 & (orth2 <= tol) & (resid2 <= tol)
     good = ok1 | second
     n_fallback = count - int(good.sum())
     if n_fallback:
         idx = (~good).nonzero().squeeze(-1)
-        out[idx] = householder_q(Xb[idx])
+        Q[idx] = householder_q(Xb[idx])
     ORTHO_STATS["cholesky_1"] += int(ok1.sum())
     ORTHO_STATS["cholesky_2"] += int(second.sum())
     ORTHO_STATS["cholesky_fallback"] += n_fallback
-    return out.reshape(X.shape)
+    return Q.reshape(X.shape)
 
 
 def permute_(x: Tensor, perms: Sequence[Optional[Tensor]]) -> Tensor:

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from . import results
-from .optim import OPTIMIZERS, build_optimizer
+from .optim import OPTIMIZERS, build_optimizer, takes_frequency
 from .schedule import lr_at, warmup_steps_for
 
 __all__ = [
@@ -46,15 +46,8 @@ __all__ = [
     "optimizer_state_bytes",
 ]
 
-#: Optimizers that take a ``precondition_frequency`` keyword.
-TAKES_FREQUENCY = (
-    "shampoo",
-    "eigen_adafactor",
-    "soap",
-    "soap_factorized",
-    "soap_one_sided",
-    "soap_factorized_one_sided",
-)
+#: Optimizers that take a ``precondition_frequency`` keyword (read off their signatures).
+TAKES_FREQUENCY = tuple(name for name in OPTIMIZERS if takes_frequency(name))
 #: ``auto``: bf16 autocast on CUDA, fp32 elsewhere; ``bf16``: autocast (CUDA only); ``fp32``: none.
 PRECISIONS = ("auto", "bf16", "fp32")
 #: Parameter dtypes (``TrainConfig.dtype``).

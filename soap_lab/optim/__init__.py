@@ -6,7 +6,8 @@ Names (the paper's optimizers and SOAP variants):
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable
+import inspect
+from typing import Any, Dict, Iterable, Tuple
 
 import torch
 
@@ -22,22 +23,31 @@ OPTIMIZERS = (
 )
 
 
-def _factories() -> Dict[str, Callable[..., torch.optim.Optimizer]]:
+def _registry() -> Dict[str, Tuple[type, Dict[str, Any]]]:
+    """name -> (optimizer class, keywords that define the variant)."""
     # Imported lazily so that `soap_lab.optim` stays importable while modules are added.
     from .adafactor import Adafactor, EigenAdafactor
     from .shampoo import Shampoo
     from .soap import SOAP
 
     return {
-        "adamw": torch.optim.AdamW,
-        "adafactor": Adafactor,
-        "shampoo": Shampoo,
-        "eigen_adafactor": EigenAdafactor,
-        "soap": SOAP,
-        "soap_factorized": lambda params, **kw: SOAP(params, factorized=True, **kw),
-        "soap_one_sided": lambda params, **kw: SOAP(params, one_sided=True, **kw),
-        "soap_factorized_one_sided": lambda params, **kw: SOAP(params, factorized=True, one_sided=True, **kw),
+        "adamw": (torch.optim.AdamW, {}),
+        "adafactor": (Adafactor, {}),
+        "shampoo": (Shampoo, {}),
+        "eigen_adafactor": (EigenAdafactor, {}),
+        "soap": (SOAP, {}),
+        "soap_factorized": (SOAP, {"factorized": True}),
+        "soap_one_sided": (SOAP, {"one_sided": True}),
+        "soap_factorized_one_sided": (SOAP, {"factorized": True, "one_sided": True}),
     }
+
+
+def takes_frequency(name: str) -> bool:
+    """True if optimizer ``name`` has a preconditioning frequency f (a ``precondition_frequency`` keyword)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    cls, _ = _registry()[name]
+    return "precondition_frequency" in inspect.signature(cls.__init__).parameters
 
 
 def build_optimizer(name: str, params: Iterable[Any], **hparams: Any) -> torch.optim.Optimizer:
@@ -47,4 +57,5 @@ def build_optimizer(name: str, params: Iterable[Any], **hparams: Any) -> torch.o
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
-    return _factories()[name](params, **hparams)
+    cls, variant = _registry()[name]
+    return cls(params, **variant, **hparams)

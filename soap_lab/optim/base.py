@@ -139,6 +139,20 @@ class LabOptimizer(torch.optim.Optimizer):
         if w is not p:
             p.copy_(w)
 
+    @classmethod
+    def _apply_updates(cls, params: List[Tensor], updates: List[Tensor], step_size: float, lr: float,
+                       weight_decay: float) -> None:
+        """:meth:`_apply_update` for several parameters at once: one ``foreach`` call per operation when
+        every parameter is float32/float64 and its update has its dtype and shape, else one by one."""
+        if all(p.dtype in (torch.float32, torch.float64) and u.dtype == p.dtype and u.shape == p.shape
+               for p, u in zip(params, updates)):
+            torch._foreach_add_(params, updates, alpha=-step_size)
+            if weight_decay > 0:
+                torch._foreach_add_(params, params, alpha=-lr * weight_decay)
+            return
+        for p, u in zip(params, updates):
+            cls._apply_update(p, u, step_size, lr, weight_decay)
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Like torch's, but keeps each saved state tensor's dtype (see module docstring)."""
         saved_state = state_dict["state"]

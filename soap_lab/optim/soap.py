@@ -244,13 +244,7 @@ class SOAP(LabOptimizer):
         if group["correct_bias"]:
             step_size *= math.sqrt(1 - beta2**t) / (1 - beta1**t)
         ups = [self._from_layout(update[i], p, group) for i, p in enumerate(params)]
-        if params[0].dtype == b.M.dtype:
-            torch._foreach_add_(params, ups, alpha=-step_size)
-            if group["weight_decay"] > 0:
-                torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
-        else:
-            for p, u in zip(params, ups):
-                self._apply_update(p, u, step_size, group["lr"], group["weight_decay"])
+        self._apply_updates(params, ups, step_size, group["lr"], group["weight_decay"])
 
         if t % group["precondition_frequency"] == 0 and layout.n_precond:
             new_Q, perms = kron.refresh_bases(b.GG, b.Q, group["refresh"], group.get("qr_method", "cholesky"))
