@@ -426,11 +426,11 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
     positive diagonal; LAPACK's need not). :data:`ORTHO_STATS` counts which way each matrix went. The result
     may be column-major (a transposed view); callers that store it copy it where they need to.
 
-    Speed (``benchmarks/orthonormalize.py``, 2-core CPU, float32, batches of 4): once the basis tracks the
-    factor (refresh at step 50) one pass suffices and Cholesky-QR is 1.5–2.9× faster than Householder for
-    n = 384 … 3072; in a run's first refreshes the stale basis makes P·Q far from orthogonal (cond 25–700),
-    every matrix needs the second pass and Cholesky-QR is 1.3–1.8× *slower*. The default follows the long
-    run; ``qr_method="householder"`` is the choice for short runs on CPU.
+    Speed (``benchmarks/orthonormalize.py``, 2-core CPU, float32, batches of 4; ``data/bench/orthonormalize_*``):
+    once the basis tracks the factor (refresh at step 50) one pass suffices and Cholesky-QR is 1.3–1.9× faster
+    than Householder for n = 384 … 3072; in a run's first refreshes the stale basis makes P·Q far from
+    orthogonal (cond 25–700), every matrix needs the second pass and Cholesky-QR is 0.8–1.07× Householder's
+    speed. The default follows the long run.
     """
     if method not in ORTHO_METHODS:
         raise ValueError(f"orthonormalization must be one of {ORTHO_METHODS}, got {method!r}")
