@@ -9,6 +9,8 @@ FLOP floor is computed from.
     python benchmarks/step_time.py                              # gpt10m, f=10, default optimizers
     python benchmarks/step_time.py --params gpt124m --steps 12 --optimizers soap_lab pytorch_optimizer adamw
     python benchmarks/step_time.py --out data/bench              # also write JSON + markdown with provenance
+    python benchmarks/step_time.py --device cuda --params gpt124m --steps 30 \
+        --optimizers soap_lab soap_lab_householder pytorch_optimizer heavyball adamw adamw_fused --out data/bench
 
 Timing rules
   - Warmup: the first ``f + 1`` calls (SOAP's initializing call, then f steps, the last of which refreshes
@@ -74,6 +76,8 @@ PARAM_SETS: Dict[str, Dict] = {
     "gpt10m": dict(n_layer=6, d=384, vocab=65, n_pos=256),
     # GPT-2 small: 12 layers, d=768, vocab 50257 (> max_precond_dim: the embedding is one-sided), 1024 positions.
     "gpt124m": dict(n_layer=12, d=768, vocab=50257, n_pos=1024),
+    # A smoke-test size (tests/test_benchmarks.py): every code path in seconds.
+    "tiny": dict(n_layer=1, d=32, vocab=65, n_pos=16),
 }
 
 
@@ -98,13 +102,16 @@ def floor_flops(shapes: List[Shape], max_precond_dim: int) -> Tuple[float, float
 
 
 class MatmulProbe:
-    """Times one n×n×n float32 matmul per call: the achievable throughput, measured in the timing loop."""
+    """Times one n×n×n float32 matmul per call: the achievable throughput, measured in the timing loop
+    (n = 1536 on CPU, 8192 on a GPU, where smaller products do not fill the device)."""
 
-    def __init__(self, n: int = 1536):
+    def __init__(self, device: torch.device = torch.device("cpu")):
+        n = 1536 if device.type == "cpu" else 8192
         g = torch.Generator().manual_seed(0)
-        self.a = torch.randn(n, n, generator=g)
-        self.b = torch.randn(n, n, generator=g)
-        self.out = torch.empty(n, n)
+        self.n = n
+        self.a = torch.randn(n, n, generator=g).to(device)
+        self.b = torch.randn(n, n, generator=g).to(device)
+        self.out = torch.empty(n, n, device=device)
         self.flops = 2.0 * n**3
 
     def step(self) -> None:
@@ -149,10 +156,13 @@ def build(name: str, params: List[torch.nn.Parameter], f: int):
         return _heavyball(params, f, compile_on=True)
     if name == "adamw":
         return torch.optim.AdamW(params, **HP)
+    if name == "adamw_fused":  # torch's fused kernel: the fastest AdamW step there is, the overhead baseline
+        return torch.optim.AdamW(params, fused=True, **HP)
     raise ValueError(name)
 
 
-OPTIMIZERS = ("soap_lab", "soap_lab_householder", "soap_lab_cholesky", "soap_lab_unbucketed", "pytorch_optimizer", "heavyball", "heavyball_compile", "adamw")
+OPTIMIZERS = ("soap_lab", "soap_lab_householder", "soap_lab_cholesky", "soap_lab_unbucketed", "pytorch_optimizer",
+              "heavyball", "heavyball_compile", "adamw", "adamw_fused")
 DEFAULT_OPTIMIZERS = ("soap_lab", "pytorch_optimizer", "heavyball", "adamw")
 
 
@@ -185,6 +195,7 @@ def provenance() -> Dict[str, str]:
             return ""
 
     cpu = platform.processor()
+    accelerator = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -207,6 +218,7 @@ def provenance() -> Dict[str, str]:
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
         "cpu": f"{cpu} ({os.cpu_count()} logical cores)",
+        "gpu": accelerator,
         "python": platform.python_version(),
         **versions,
     }
@@ -218,7 +230,13 @@ def run(args) -> Dict:
     named = gpt_shapes(**spec)
     shapes = [s for _, s in named]
     n_params = sum(torch.Size(s).numel() for s in shapes)
-    init = [torch.randn(s) * 0.02 for s in shapes]
+    device = torch.device(args.device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    init = [(torch.randn(s) * 0.02).to(device) for s in shapes]
     f = args.f
     names = list(args.optimizers)
     switch = CompileSwitch()
@@ -230,7 +248,7 @@ def run(args) -> Dict:
             p.grad = torch.zeros_like(p)
         params[name] = ps
         opts[name] = build(name, ps, f)
-    probe = MatmulProbe()
+    probe = MatmulProbe(device)
 
     # Open-loop gradients: a fixed per-layer row/column scale (so the factors are not isotropic) times
     # N(0, 1) noise drawn from a generator seeded by the step. Generated outside the timed region.
@@ -249,7 +267,7 @@ def run(args) -> Dict:
         out = []
         for s, sc in zip(shapes, scales):
             x = torch.randn(s, generator=g)
-            out.append(x.mul_(sc) if sc is not None else x)
+            out.append((x.mul_(sc) if sc is not None else x).to(device))
         return out
 
     warmup = f + 1
@@ -269,16 +287,20 @@ def run(args) -> Dict:
         k = t % len(entries)
         for name in entries[k:] + entries[:k]:
             if name == "_matmul":
+                sync()
                 t0 = time.perf_counter()
                 probe.step()
+                sync()
                 dt = time.perf_counter() - t0
                 if t >= warmup:
                     probe_times.append(dt)
                 continue
             if name.startswith("heavyball"):
                 switch.set(name == "heavyball_compile")
+            sync()
             t0 = time.perf_counter()
             opts[name].step()
+            sync()
             dt = time.perf_counter() - t0
             if t >= warmup:
                 times[name].append(dt)
@@ -331,7 +353,7 @@ def run(args) -> Dict:
     except Exception:
         pass
     return {
-        "params": args.params, "n_params": n_params, "shapes": spec, "f": f, "warmup_calls": warmup,
+        "params": args.params, "device": str(device), "matmul_probe_n": probe.n, "n_params": n_params, "shapes": spec, "f": f, "warmup_calls": warmup,
         "timed_steps": args.steps, "windows": windows, "rows": rows, "floor": floor,
         "wall_s": time.perf_counter() - t_start, "provenance": provenance(), **extra,
     }
@@ -340,7 +362,7 @@ def run(args) -> Dict:
 def table(res: Dict) -> str:
     fl = res["floor"]
     lines = [
-        f"SOAP step time, {res['params']} ({res['n_params'] / 1e6:.2f}M params), f={res['f']}, "
+        f"SOAP step time, {res['params']} ({res['n_params'] / 1e6:.2f}M params) on {res.get('device', 'cpu')}, f={res['f']}, "
         f"{res['timed_steps']} timed steps after {res['warmup_calls']} warmup calls, "
         f"median of {res['windows']} windows of f steps",
         "",
@@ -362,7 +384,7 @@ def table(res: Dict) -> str:
         + f"; floor {fl['windows_ms']}.",
         f"Floor = {fl['step_gflop']:.1f} GFLOP/step of matmuls ({fl['matmul_ms']:.1f} ms) + {fl['refresh_gflop']:.1f} GFLOP "
         f"per refresh / f ({fl['refresh_ms_amortized']:.1f} ms) at the measured {fl['matmul_gflops']:.0f} GFLOP/s "
-        f"(1536^3 fp32 matmul timed in the same loop; per window {fl['matmul_gflops_windows']}) + AdamW's step "
+        f"({res.get('matmul_probe_n', 1536)}^3 fp32 matmul timed in the same loop; per window {fl['matmul_gflops_windows']}) + AdamW's step "
         f"for the elementwise part "
         f"({fl['elementwise_ms'] or 0:.1f} ms).",
     ]
@@ -382,9 +404,12 @@ def main(argv=None) -> int:
                    help=f"any of {', '.join(OPTIMIZERS)} (default: {' '.join(DEFAULT_OPTIMIZERS)}); "
                         "heavyball_compile compiles with torch.compile (minutes on 2 cores)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]: parameters, states and gradients live there")
     p.add_argument("--out", default=None, help="directory: write <params>_f<f>.json and .md there (e.g. data/bench)")
     p.add_argument("--verbose", action="store_true", help="progress on stderr")
     args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
     if args.steps is None:
         args.steps = (3 if args.params == "gpt10m" else 1) * args.f
     if args.threads:
@@ -395,7 +420,7 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"step_time_{res['params']}_f{res['f']}"
+        stem = f"step_time_{res['params']}_f{res['f']}" + ("" if res["device"] == "cpu" else "_" + res["device"].split(":")[0])
         (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
         (out / f"{stem}.md").write_text(text + "\n")
         print(f"wrote {out / stem}.json and .md", file=sys.stderr)

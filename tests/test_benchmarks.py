@@ -1,0 +1,64 @@
+"""The benchmark scripts run end to end (at a smoke-test size) and write what their READMEs promise.
+
+No timing is asserted here: the benchmarks measure, the tests only check that they can.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_step_time_runs_every_cpu_optimizer_side_by_side(tmp_path, capsys):
+    pytest.importorskip("pytorch_optimizer")
+    pytest.importorskip("heavyball")
+    step_time = _load("step_time")
+    names = ["soap_lab", "soap_lab_householder", "soap_lab_unbucketed", "pytorch_optimizer", "heavyball",
+             "adamw", "adamw_fused"]
+    assert step_time.main(["--params", "tiny", "--f", "2", "--steps", "4", "--optimizers", *names,
+                           "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "step_time_tiny_f2.json").read_text())
+    assert [r["optimizer"] for r in res["rows"]] == names
+    assert res["windows"] == 2 and res["device"] == "cpu"
+    for r in res["rows"]:
+        assert r["ms_per_step"] > 0 and r["x_floor"] > 0 and len(r["windows_ms"]) == 2
+    assert res["floor"]["step_gflop"] > 0 and res["floor"]["matmul_gflops"] > 0
+    assert {"git_commit", "git_dirty", "torch", "cpu", "gpu"} <= set(res["provenance"])
+    md = (tmp_path / "step_time_tiny_f2.md").read_text()
+    assert "| soap_lab |" in md and "FLOP floor" in md and "Provenance" in md
+    assert "FLOP floor" in capsys.readouterr().out
+
+
+def test_step_time_refuses_a_missing_gpu():
+    step_time = _load("step_time")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit):
+        step_time.main(["--params", "tiny", "--device", "cuda"])
+
+
+def test_orthonormalize_benchmark_reports_both_methods(capsys):
+    orth = _load("orthonormalize")
+    assert orth.main(["--sizes", "16", "40", "--batch", "2", "--repeats", "1", "--other", "8"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 16 ") or line.startswith("| 40 ")]
+    assert len(rows) == 2
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[1]) >= 0 and float(cells[2]) >= 0  # ms, printed to 0.1
+        assert float(cells[5]) < 1e-4 and float(cells[6]) < 1e-4  # both orthonormal
