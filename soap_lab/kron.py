@@ -356,22 +356,19 @@ def _column_scales(X: Tensor) -> Tensor:
     return torch.ldexp(torch.ones_like(X[..., 0, :]), -e)
 
 
-def _gram_cholesky(X: Tensor, scale: bool = False, s: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """First half of a Cholesky-QR pass on the columns of X scaled by powers of two, ``Xs = X·diag(s)``:
-    ``L = chol(XsᵀXs)`` (lower; R = Lᵀ). Returns (L, failed flags, s or None).
+def _gram_cholesky(X: Tensor, s: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """First half of a Cholesky-QR pass on the columns of ``Xs = X·diag(s)`` (X itself if ``s`` is None):
+    ``L = chol(XsᵀXs)`` (lower; R = Lᵀ). Returns (L, failed flags).
 
-    With ``scale``, s = 2^-e puts each column norm in [1/2, 1) (or ``s`` is given): the Q of a QR is unchanged
-    by positive column scaling, and P·Q's ill-conditioning is mostly its column scales λ_i. Powers of two are
-    exact, so the Gram matrix is formed from X once and scaled afterwards, and Xs is never formed.
+    ``s`` are powers of two (:func:`_column_scales`): the Q of a QR is unchanged by positive column scaling,
+    P·Q's ill-conditioning is mostly its column scales λ_i, and scaling by powers of two is exact, so the Gram
+    matrix is formed from X once and scaled afterwards; Xs is never formed.
     """
     k = X.shape[-1]
     G = syrk_(X.new_empty(*X.shape[:-2], k, k), X.mT, mirror=False)  # XᵀX, lower triangle
-    if scale and s is None:
-        s = _column_scales(X)
     if s is not None:
         G.mul_(s.unsqueeze(-1)).mul_(s.unsqueeze(-2))
-    bad = _cholesky_lower_(G)
-    return G, bad, s
+    return G, _cholesky_lower_(G)
 
 
 def _cholesky_solve(X: Tensor, L: Tensor, bad: Tensor, s: Optional[Tensor]) -> Tensor:
@@ -415,8 +412,8 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
       1. the columns are scaled to norms in [1/2, 1) by exact powers of two (the Q of a QR does not change
          under positive column scaling, and P·Q's ill-conditioning is mostly its column scales λ_i);
       2. one pass ``L = chol(XᵀX)``, ``Q = X R⁻¹`` (R = Lᵀ); accepted if the Cholesky succeeded and both the
-         loss of orthogonality ‖QᵀQ − I‖ and the residual ‖X − QR‖/‖X‖ (estimated on 4 fixed random vectors, O(n²)) are below
-         ``tol`` (default :data:`CHOLESKY_QR_TOL`·eps·√n, about 8× what Householder achieves);
+         loss of orthogonality ‖QᵀQ − I‖ and the residual ‖X − QR‖/‖X‖ (estimated on 4 fixed random vectors,
+         O(n²)) are below ``tol`` (default :data:`CHOLESKY_QR_TOL`·eps·√n, about 8× what Householder achieves);
       3. otherwise a second pass on that Q (CholeskyQR2: orthogonal to working precision whenever the first
          pass's Cholesky succeeded, i.e. cond(X) ≲ eps^-½), checked again;
       4. matrices that still fail (cond(X) beyond ~eps^-½: numerically rank-deficient factors) get the
@@ -447,7 +444,7 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
         tol = CHOLESKY_QR_TOL * eps * math.sqrt(n)
     Xb = X.reshape(-1, *X.shape[-2:])
     s = _column_scales(Xb)
-    L1, bad, _ = _gram_cholesky(Xb, s=s)
+    L1, bad = _gram_cholesky(Xb, s)
     V = _probe(n, X.dtype, X.device)
     Q = _cholesky_solve(Xb, L1, bad, s)
     XV = Xb @ (s.unsqueeze(-1) * V)  # Xs V
@@ -458,7 +455,7 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
     if bool(second.any()):
         j = second.nonzero().squeeze(-1)
         Qj = _rows(Q, j, count)
-        L2, bad2, _ = _gram_cholesky(Qj)
+        L2, bad2 = _gram_cholesky(Qj)
         Q2 = _cholesky_solve(Qj, L2, bad2, None)
         # R = R2 R1 (L = L1 L2): R V = R2 (R1 V), no n³ product needed for the check
         orth2, resid2 = _checks(Q2, L2.mT @ _rows(R1V, j, count), _rows(XV, j, count), V)
