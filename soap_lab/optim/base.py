@@ -116,11 +116,14 @@ class LabOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         items = self._checked_grads()
-        if items is None:
-            return loss
+        if items is not None:
+            self._update_all(items)
+        return loss
+
+    def _update_all(self, items: List[Tuple[dict, Tensor, Tensor]]) -> None:
+        """Step every (group, parameter, checked gradient): one by one here; subclasses may batch."""
         for group, p, g in items:
             self._update_param(group, p, g)
-        return loss
 
     def _update_param(self, group: dict, p: Tensor, grad: Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

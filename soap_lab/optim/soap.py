@@ -160,17 +160,9 @@ class SOAP(LabOptimizer):
         return x.reshape(p.shape)
 
     # -- the step --------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One optimization step: first calls and unbucketable parameters one by one (:meth:`_update_param`),
-        the rest bucket by bucket (:meth:`_update_bucket`)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        items = self._checked_grads()
-        if items is None:
-            return loss
+    def _update_all(self, items: List[Tuple[dict, Tensor, Tensor]]) -> None:
+        """First calls and unbucketable parameters one by one (:meth:`_update_param`), the rest bucket by
+        bucket (:meth:`_update_bucket`)."""
         index = {id(g): i for i, g in enumerate(self.param_groups)}
         groups: Dict[tuple, List[Tuple[Tensor, Tensor]]] = {}
         for group, p, g in items:
@@ -181,7 +173,6 @@ class SOAP(LabOptimizer):
                 groups.setdefault(key, []).append((p, g))
         for key, members in groups.items():
             self._update_bucket(self.param_groups[key[0]], key, members)
-        return loss
 
     def _bucket_key(self, gi: int, group: dict, p: Tensor):
         """Parameters with equal keys are stepped together; None: per-parameter path."""
