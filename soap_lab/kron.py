@@ -29,7 +29,7 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -255,7 +255,8 @@ def init_bases(GG: Bases) -> Bases:
 
 
 def refresh_bases(
-    GG: Bases, Q: Bases, method: str = "qr", qr_method: str = "householder"
+    GG: Bases, Q: Bases, method: str = "qr", qr_method: str = "householder", *,
+    out: Optional[Bases] = None, work: Optional[Callable[[Tensor, int], List[Tensor]]] = None,
 ) -> Tuple[Bases, List[Optional[Tensor]]]:
     """Refresh each basis; return the new bases and, per dimension, the permutation applied to its slots.
 
@@ -272,25 +273,35 @@ def refresh_bases(
 
     Batched: ``GG[d]`` and ``Q[d]`` may carry a leading batch dimension (a bucket of same-shape parameters);
     each matrix of the batch is refreshed on its own, and the permutations are then (batch, n_d).
+
+    Buffers (optional; same numbers either way): ``out[d]`` receives the new basis of dimension d in place and
+    may be ``Q[d]`` itself (Q[d] is read only before out[d] is written); ``work(like, 2)`` returns two scratch
+    tensors shaped like ``GG[d]`` (e.g. :meth:`soap_lab.optim.buckets.Workspace.buffers`) for P·Q, its sorted
+    copy and the Gram matrix. With both, a QR refresh allocates nothing of size n² — on a CPU, fresh large
+    allocations cost page faults on first touch, measurably so at these sizes.
     """
     if method not in ("qr", "eigh"):
         raise ValueError(f"refresh method must be 'qr' or 'eigh', got {method!r}")
     new_Q: Bases = []
     perms: List[Optional[Tensor]] = []
-    for P, q in zip(GG, Q):
+    for d, (P, q) in enumerate(zip(GG, Q)):
         if P is None:
             new_Q.append(None)
             perms.append(None)
             continue
-        PQ = P @ q
-        est_eig = (q * PQ).sum(-2)  # diag(Qᵀ P Q)
+        A, B = work(P, 2) if work is not None else (torch.empty_like(P), torch.empty_like(P))
+        PQ = torch.matmul(P, q, out=A)
+        est_eig = torch.mul(q, PQ, out=B).sum(-2)  # diag(Qᵀ P Q)
         order = torch.argsort(est_eig, dim=-1, descending=True, stable=True)
+        target = None if out is None else out[d]
         if method == "qr":
-            new_Q.append(orthonormalize(PQ.gather(-1, order.unsqueeze(-2).expand_as(PQ)), qr_method))
-        elif P.dim() == 2:
-            new_Q.append(eigh_descending(P))
+            X = torch.gather(PQ, -1, order.unsqueeze(-2).expand_as(PQ), out=B)
+            new = orthonormalize(X, qr_method, out=target, work=A)  # A (P·Q) is free once gathered
         else:
-            new_Q.append(torch.stack([eigh_descending(x) for x in P]))
+            new = eigh_descending(P) if P.dim() == 2 else torch.stack([eigh_descending(x) for x in P])
+            if target is not None:
+                new = target.copy_(new)
+        new_Q.append(new)
         perms.append(order)
     return new_Q, perms
 
@@ -350,39 +361,40 @@ def _cholesky_lower_(A: Tensor, base: int = 256) -> Tensor:
     return bad1 | bad2
 
 
-def _column_scales(X: Tensor) -> Tensor:
-    """Powers of two s = 2^-e that put each column norm of X in [1/2, 1) (zero columns get 1)."""
-    _, e = torch.frexp(torch.linalg.vector_norm(X, dim=-2))
-    return torch.ldexp(torch.ones_like(X[..., 0, :]), -e)
+def _gram_cholesky(X: Tensor, scale: bool, out: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """First half of a Cholesky-QR pass: ``L = chol(XsᵀXs)`` (lower; R = Lᵀ) for ``Xs = X·diag(s)``, written to
+    ``out`` if given. Returns (L, failed flags, s); with ``scale=False``, s is None and Xs = X.
 
-
-def _gram_cholesky(X: Tensor, s: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """First half of a Cholesky-QR pass on the columns of ``Xs = X·diag(s)`` (X itself if ``s`` is None):
-    ``L = chol(XsᵀXs)`` (lower; R = Lᵀ). Returns (L, failed flags).
-
-    ``s`` are powers of two (:func:`_column_scales`): the Q of a QR is unchanged by positive column scaling,
-    P·Q's ill-conditioning is mostly its column scales λ_i, and scaling by powers of two is exact, so the Gram
-    matrix is formed from X once and scaled afterwards; Xs is never formed.
+    ``s`` are the powers of two 2^-e that put each column norm of X in [1/2, 1) (zero columns get 1), read off
+    the Gram matrix's diagonal: the Q of a QR is unchanged by positive column scaling, P·Q's ill-conditioning
+    is mostly its column scales λ_i, and scaling by powers of two is exact, so the Gram matrix is formed from
+    X once and scaled afterwards; Xs is never formed.
     """
     k = X.shape[-1]
-    G = syrk_(X.new_empty(*X.shape[:-2], k, k), X.mT, mirror=False)  # XᵀX, lower triangle
-    if s is not None:
+    G = syrk_(X.new_empty(*X.shape[:-2], k, k) if out is None else out, X.mT, mirror=False)  # XᵀX, lower
+    s = None
+    if scale:
+        _, e = torch.frexp(G.diagonal(dim1=-2, dim2=-1).sqrt())  # column norms of X
+        s = torch.ldexp(torch.ones_like(X[..., 0, :]), -e)
         G.mul_(s.unsqueeze(-1)).mul_(s.unsqueeze(-2))
-    return G, _cholesky_lower_(G)
+    return G, _cholesky_lower_(G), s
 
 
-def _cholesky_solve(X: Tensor, L: Tensor, bad: Tensor, s: Optional[Tensor]) -> Tensor:
-    """Second half of a Cholesky-QR pass: ``Q = Xs R⁻¹``, i.e. Qᵀ = L⁻¹ diag(s) Xᵀ = (diag(1/s) L)⁻¹ Xᵀ.
-    Matrices whose Cholesky broke down get no solve and a NaN Q (the NaN-propagating checks of
-    :func:`orthonormalize` reject it)."""
-    Ls = L if s is None else L / s.unsqueeze(-1)
+def _cholesky_solve_(Q: Tensor, X: Tensor, L: Tensor, bad: Tensor, s: Optional[Tensor]) -> Tensor:
+    """Second half of a Cholesky-QR pass, into ``Q`` (which may be X itself): ``Q = Xs R⁻¹``, i.e.
+    Qᵀ = L⁻¹ diag(s) Xᵀ = (diag(1/s) L)⁻¹ Xᵀ. ``L`` is overwritten by ``diag(1/s) L`` (so ``Lᵀ diag(s)`` is
+    still R). Matrices whose Cholesky broke down get no solve and a NaN Q (the NaN-propagating checks of
+    :func:`orthonormalize` reject them)."""
+    if s is not None:
+        L.div_(s.unsqueeze(-1))
     n_bad = int(bad.sum())
-    if n_bad == 0:
-        return torch.linalg.solve_triangular(Ls, X.mT, upper=False).mT  # Xᵀ is column-major already: Q is too
-    Q = torch.full_like(X, float("nan"))
-    if n_bad < X.shape[0]:
-        ok = (~bad).nonzero().squeeze(-1)
-        Q[ok] = torch.linalg.solve_triangular(Ls[ok], X[ok].mT, upper=False).mT
+    if n_bad == 0:  # Qᵀ and Xᵀ are column-major views: the triangular solve runs in place, no copy
+        torch.linalg.solve_triangular(L, X.mT, upper=False, out=Q.mT)
+        return Q
+    ok = (~bad).nonzero().squeeze(-1)
+    if ok.numel():
+        Q[ok] = torch.linalg.solve_triangular(L[ok], X[ok].mT, upper=False).mT
+    Q[bad] = float("nan")
     return Q
 
 
@@ -401,7 +413,8 @@ def _rows(x: Tensor, idx: Tensor, count: int) -> Tensor:
     return x if idx.numel() == count else x[idx]
 
 
-def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[float] = None) -> Tensor:
+def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[float] = None,
+                   out: Optional[Tensor] = None, work: Optional[Tensor] = None) -> Tensor:
     """Orthonormal Q of the QR factorization of ``X`` (n×k, k ≤ n; batched), in X's dtype.
 
     ``method="householder"``: LAPACK/cuSOLVER Householder QR (what the reference code calls).
@@ -420,8 +433,11 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
          Householder Q of the unscaled X, exactly as with ``method="householder"``.
 
     The result equals Householder's Q up to round-off and the signs of its columns (Cholesky-QR's R has a
-    positive diagonal; LAPACK's need not). :data:`ORTHO_STATS` counts which way each matrix went. The result
-    may be column-major (a transposed view); callers that store it copy it where they need to.
+    positive diagonal; LAPACK's need not). :data:`ORTHO_STATS` counts which way each matrix went.
+
+    Buffers (optional, same numbers): ``out`` (shaped like X, not aliasing it) receives Q and is returned;
+    ``work`` (k×k per matrix, not aliasing X or out) holds the Gram matrix and its Cholesky factor. X is not
+    modified (the Householder fallback needs it).
 
     Speed (``benchmarks/orthonormalize.py``, 2-core CPU, float32, batches of 4; ``data/bench/orthonormalize_*``):
     once the basis tracks the factor (refresh at step 50) one pass suffices and Cholesky-QR is 1.3–1.9× faster
@@ -437,32 +453,35 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
     count = math.prod(batch)
     if method == "householder" or X.numel() == 0:
         ORTHO_STATS["householder"] += count
-        return householder_q(X)
+        Q = householder_q(X)
+        return Q if out is None else out.copy_(Q)
     n = X.shape[-1]
     eps = torch.finfo(X.dtype).eps
     if tol is None:
         tol = CHOLESKY_QR_TOL * eps * math.sqrt(n)
     Xb = X.reshape(-1, *X.shape[-2:])
-    s = _column_scales(Xb)
-    L1, bad = _gram_cholesky(Xb, s)
+    direct = out is not None and out.is_contiguous()
+    Q = out.view(Xb.shape) if direct else torch.empty_like(Xb)
+    W = None if work is None else work.view(Xb.shape[0], n, n)
+    L1, bad, s = _gram_cholesky(Xb, True, W)
+    _cholesky_solve_(Q, Xb, L1, bad, s)  # L1 becomes diag(1/s) L1: R1 = L1ᵀ diag(s)
     V = _probe(n, X.dtype, X.device)
-    Q = _cholesky_solve(Xb, L1, bad, s)
-    XV = Xb @ (s.unsqueeze(-1) * V)  # Xs V
-    R1V = L1.mT @ V
+    sV = s.unsqueeze(-1) * V
+    XV = Xb @ sV  # Xs V
+    R1V = L1.mT @ sV
     orth, resid = _checks(Q, R1V, XV, V)
     ok1 = ~bad & (orth <= tol) & (resid <= tol)
     second = ~bad & ~ok1 & (resid <= tol) & (orth <= 0.5)  # a second pass will fix the orthogonality
     if bool(second.any()):
         j = second.nonzero().squeeze(-1)
-        Qj = _rows(Q, j, count)
-        L2, bad2 = _gram_cholesky(Qj)
-        Q2 = _cholesky_solve(Qj, L2, bad2, None)
+        whole = j.numel() == count
+        Qj = Q if whole else Q[j]
+        L2, bad2, _ = _gram_cholesky(Qj, False, W if whole else None)
+        _cholesky_solve_(Qj, Qj, L2, bad2, None)  # Q ← Q R2⁻¹ in place
         # R = R2 R1 (L = L1 L2): R V = R2 (R1 V), no n³ product needed for the check
-        orth2, resid2 = _checks(Q2, L2.mT @ _rows(R1V, j, count), _rows(XV, j, count), V)
-        if j.numel() == count:
-            Q = Q2
-        else:
-            Q[j] = Q2
+        orth2, resid2 = _checks(Qj, L2.mT @ _rows(R1V, j, count), _rows(XV, j, count), V)
+        if not whole:
+            Q[j] = Qj
         second[j] = ~bad2 & (orth2 <= tol) & (resid2 <= tol)
     good = ok1 | second
     n_fallback = count - int(good.sum())
@@ -472,24 +491,29 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
     ORTHO_STATS["cholesky_1"] += int(ok1.sum())
     ORTHO_STATS["cholesky_2"] += int(second.sum())
     ORTHO_STATS["cholesky_fallback"] += n_fallback
-    return Q.reshape(X.shape)
+    if out is None:
+        return Q.view(X.shape)
+    return out if direct else out.copy_(Q.view(X.shape))
 
 
-def permute_(x: Tensor, perms: Sequence[Optional[Tensor]]) -> Tensor:
+def permute_(x: Tensor, perms: Sequence[Optional[Tensor]], work: Optional[Tensor] = None) -> Tensor:
     """Reorder ``x`` (layout-shaped, per-coordinate state) along each dimension by ``perms[d]``, in place.
 
     Batched: with (batch, n_d) permutations, ``x`` is (batch, *layout) and matrix b follows ``perms[d][b]``.
+    ``work`` (shaped like x, optional): scratch space; the gathers then alternate between it and x.
     """
     y = x
     for d, order in enumerate(perms):
         if order is None:
             continue
+        dst = None if work is None else (work if y is x else x)
         if order.dim() == 1:
-            y = y.index_select(d, order)
+            y = torch.index_select(y, d, order, out=dst) if dst is not None else y.index_select(d, order)
         else:
             shape = [1] * y.dim()
             shape[0], shape[d + 1] = order.shape
-            y = y.gather(d + 1, order.reshape(shape).expand(y.shape))
+            index = order.reshape(shape).expand(y.shape)
+            y = torch.gather(y, d + 1, index, out=dst) if dst is not None else y.gather(d + 1, index)
     if y is not x:
         x.copy_(y)
     return x

@@ -229,6 +229,61 @@ def test_orthonormalize_rejects_low_precision_and_unknown_methods():
         SOAP([torch.nn.Parameter(torch.zeros(2, 2))], qr_method="svd")
 
 
+@pytest.mark.parametrize("method,qr_method,mixed", [("qr", "cholesky", True), ("qr", "cholesky", False),
+                                                    ("qr", "householder", True), ("eigh", "cholesky", True)])
+def test_refresh_into_the_old_basis_with_scratch_buffers_gives_the_same_bits(method, qr_method, mixed):
+    """The bucketed SOAP refresh writes the new basis over the old one and takes its scratch space from a
+    workspace; the allocating call is the reference. The batch mixes a stale basis (every matrix needs the
+    second Cholesky-QR pass), a fresh one (one pass) and a zero factor (Householder fallback), so every
+    branch writes through the buffers; unmixed, every matrix is stale (the second pass on the whole batch)."""
+    from soap_lab.optim.buckets import Workspace
+
+    g = torch.Generator().manual_seed(11)
+    n = 96
+    A = torch.randn(3, n, 3 * n, generator=g) * torch.logspace(0, -2, n).unsqueeze(-1)
+    GG = [A @ A.mT / (3 * n), torch.stack([torch.eye(4)] * 3)]
+    if mixed:
+        GG[0][2] = 0.0
+    early = A[:, :, : n // 2] @ A[:, :, : n // 2].mT  # a factor of fewer gradients: a stale basis
+    Q = [torch.stack([kron.eigh_descending(x) for x in early]), torch.stack([torch.eye(4)] * 3)]
+    if mixed:
+        Q[0][1] = kron.eigh_descending(GG[0][1])  # current: one pass is enough
+    ref_Q, ref_perms = kron.refresh_bases(GG, [q.clone() for q in Q], method, qr_method)
+    ws = Workspace()
+    for _ in range(2):  # the second call reuses the first one's (now dirty) buffers
+        out = [q.clone() for q in Q]
+        ptrs = [q.data_ptr() for q in out]
+        kron.ORTHO_STATS.clear()
+        new_Q, perms = kron.refresh_bases(GG, out, method, qr_method, out=out, work=ws.buffers)
+        assert [q.data_ptr() for q in new_Q] == ptrs  # written in place
+        for a, b in zip(new_Q + perms, ref_Q + ref_perms):
+            assert torch.equal(a, b)
+    if method == "qr" and qr_method == "cholesky":  # counts of the last call; the 4×4 identities take one pass
+        expected = dict(cholesky_1=1 + 3, cholesky_2=1, cholesky_fallback=1) if mixed else dict(cholesky_1=3, cholesky_2=3)
+        assert {k: v for k, v in kron.ORTHO_STATS.items() if v} == expected
+
+
+def test_orthonormalize_into_a_non_contiguous_out():
+    X = _conditioned(32, 10.0, F64, batch=(2,), seed=4)
+    out = torch.empty(2, 32, 32, dtype=F64).mT
+    assert kron.orthonormalize(X, "cholesky", out=out) is out
+    assert torch.equal(out, kron.orthonormalize(X, "cholesky"))
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_permute_with_a_work_buffer_equals_the_allocating_path(batched):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 5, 7, generator=g) if batched else torch.randn(5, 7, generator=g)
+    lead = (3,) if batched else ()
+    p0 = torch.argsort(torch.rand(*lead, 5, generator=g), dim=-1)
+    p1 = torch.argsort(torch.rand(*lead, 7, generator=g), dim=-1)
+    for perms in ([p0, p1], [p0, None], [None, p1]):
+        ref = kron.permute_(x.clone(), perms)
+        y = x.clone()
+        assert kron.permute_(y, perms, work=torch.full_like(x, float("nan"))) is y
+        assert torch.equal(y, ref)
+
+
 @pytest.mark.parametrize("bucket", [True, False])
 def test_soap_trajectory_does_not_depend_on_the_qr_method(bucket):
     """Cholesky-QR and Householder differ in round-off and column signs; SOAP's update does not depend on the

@@ -59,8 +59,8 @@ class Bucket:
         params: the parameters, in stacking order.
         layout: their common :class:`soap_lab.kron.KronLayout` (rank 1 or 2).
         M, V: stacked ``exp_avg`` and ``exp_avg_sq`` (batch, *layout.shape).
-        GG, Q: per layout dimension, stacked factors and bases (batch, n_d, n_d), or None. A refresh replaces
-            the stacked Q by the new one (:meth:`replace_bases`) instead of copying into it.
+        GG, Q: per layout dimension, stacked factors and bases (batch, n_d, n_d), or None. A refresh writes the
+            new bases into Q in place (so the per-parameter views stay valid).
     """
 
     def __init__(self, params: List[Tensor], states: List[dict], layout: kron.KronLayout):
@@ -97,20 +97,6 @@ class Bucket:
             if len(q_list) != len(q) or any(a is not b for a, b in zip(q_list, q)):
                 return False
         return True
-
-    def replace_bases(self, new_Q: List[Optional[Tensor]], states: List[dict]) -> None:
-        """Adopt freshly computed stacked bases (a refresh) without copying them: the per-parameter
-        ``state["Q"][d]`` entries are re-pointed to views of the new tensors."""
-        for d, nq in enumerate(new_Q):
-            if nq is not None:
-                self.Q[d] = nq
-        for i, st in enumerate(states):
-            q_list = st["Q"]
-            for d, nq in enumerate(new_Q):
-                if nq is not None:
-                    q_list[d] = nq[i]
-            m, v, gg_list, gg, _, _ = self._views[i]
-            self._views[i] = (m, v, gg_list, gg, q_list, tuple(q_list))
 
     # -- rotations ---------------------------------------------------------------------------------------
     def rotate(self, x: Tensor, out: Tensor, tmp: Tensor, *, back: bool = False,
