@@ -10,17 +10,29 @@ Adam-style bias correction, decoupled weight decay, and update clipping only whe
 and the statistics recomputed from the current factors at every step (``precondition_frequency=1``,
 ``statistics="factors"``), this *is* Shampoo with exponent 1/2 and the trace correction — see
 :mod:`soap_lab.equivalence` and ``tests/test_equivalence.py``.
+
+Buckets (issue 5, EigenAdafactor's ``bucket=True``): once a parameter's state exists, matrices (rotated on one
+side, both or neither) and unrotated vectors with the same shape, dtypes, device and step count are stacked
+(:mod:`soap_lab.optim.buckets`) and stepped together, every option included (refresh eigh/qr, statistics
+running/factors, factor_update after/before, clipping): batched GEMMs for the factor update, the rotations and
+the factor statistics, one batched ``kron.refresh_bases`` per factor, one elementwise kernel per operation,
+``_foreach`` weight updates, reused work buffers. Row/column statistics, their totals and the clipping RMS stay
+per layer. State entries keep their names as per-parameter views into the stacks. Rank ≥ 3 tensors,
+``precondition_1d`` vectors, first calls and ``bucket=False`` take the per-parameter path
+(:meth:`Adafactor._update_param` with the basis hooks), the readable reference the buckets are tested against
+(``tests/test_buckets_shampoo.py``, float64). Plain ``Adafactor`` is not bucketed.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 import torch
 
 from .. import kron
 from . import second_moment
-from .base import LabOptimizer
+from .base import BucketedSteps, LabOptimizer
+from .buckets import BucketCache, StateBucket, Workspace
 
 Tensor = torch.Tensor
 
@@ -106,7 +118,7 @@ class Adafactor(LabOptimizer):
         self._basis_after_step(state, g, group)
 
 
-class EigenAdafactor(Adafactor):
+class EigenAdafactor(BucketedSteps, Adafactor):
     """Adafactor in the eigenbasis of Shampoo's factors (paper Algorithm 2).
 
     Adafactor's rule (momentum, factored V̂, bias correction) applied to G' = Q_Lᵀ G Q_R and rotated back.
@@ -134,6 +146,8 @@ class EigenAdafactor(Adafactor):
             into the current basis, which are exactly diag(Q_Lᵀ L Q_L), diag(Q_Rᵀ R Q_R) and Tr L — the
             idealized form of Claim 1. ``"factors"`` needs every dimension of a tensor preconditioned; other
             tensors (e.g. 1-D parameters) use the running statistics.
+        bucket (True): step same-layout matrices (and unrotated vectors) together with batched ops (see
+            module docstring). Same numbers as ``bucket=False`` up to round-off.
 
     Claim 1 as a trajectory: ``EigenAdafactor(factor_update="before", precondition_frequency=1,
     refresh="eigh", statistics="factors", eps=0)`` equals ``Shampoo(exponent=0.5, trace_scaling=True,
@@ -158,6 +172,7 @@ class EigenAdafactor(Adafactor):
         statistics: str = "running",
         *,
         qr_method: str = "cholesky",
+        bucket: bool = True,
         on_nonfinite: str = "raise",
     ):
         if qr_method not in kron.ORTHO_METHODS:
@@ -174,8 +189,10 @@ class EigenAdafactor(Adafactor):
             params, lr, betas, eps, weight_decay, correct_bias, clip_threshold, on_nonfinite=on_nonfinite,
             precondition_frequency=int(precondition_frequency), shampoo_beta=shampoo_beta,
             max_precond_dim=int(max_precond_dim), precondition_1d=precondition_1d, refresh=refresh,
-            factor_update=factor_update, statistics=statistics, qr_method=qr_method,
+            factor_update=factor_update, statistics=statistics, qr_method=qr_method, bucket=bool(bucket),
         )
+        self._buckets = BucketCache()  # a cache (see buckets.py); never part of state_dict
+        self._workspace = Workspace()
 
     def _layout(self, p: Tensor, group: dict) -> kron.KronLayout:
         return kron.make_layout(p.shape, max_precond_dim=group["max_precond_dim"],
@@ -222,3 +239,93 @@ class EigenAdafactor(Adafactor):
         # A_d = diag(Q_dᵀ GG_d Q_d) (row sums of the rotated second moment), 1ᵀA = Tr GG_d.
         stats = [(q * (P @ q)).sum(0) for P, q in zip(GG, state["Q"])]
         return second_moment.rank_one(stats, GG[0].diagonal().sum())
+
+    # -- buckets ---------------------------------------------------------------------------------------
+    def _bucket_key(self, gi: int, group: dict, p: Tensor):
+        """Parameters with equal keys are stepped together (:meth:`_update_bucket`); None: per parameter."""
+        state = self.state[p]
+        if not group.get("bucket", True) or "Q" not in state:
+            return None  # the first call initializes the state (and the basis) on the per-parameter path
+        layout = self._layout(p, group)
+        if len(layout.shape) > 2 or (len(layout.shape) == 1 and layout.n_precond):
+            return None  # rank ≥ 3 and preconditioned vectors: per parameter (as SOAP)
+        return (gi, state["step"], layout.shape, layout.precond, state["exp_avg"].dtype, p.dtype, p.device,
+                "exp_avg_sq_factors" in state)
+
+    def _refresh_bucket(self, b: StateBucket, states: List[dict], group: dict, buf: Tensor, tmp: Tensor) -> None:
+        """:meth:`_refresh` for a bucket: one batched refresh per factor, the statistics permuted, the momentum
+        rotated into the new basis in place (``buf``, ``tmp``: work buffers shaped like it)."""
+        new_Q, perms = kron.refresh_bases(b.GG, b.Q, group["refresh"], group.get("qr_method", "cholesky"))
+        if b.V is not None:
+            kron.permute_(b.V, perms)
+        else:
+            for r, order in zip(b.stacked["exp_avg_sq_factors"], perms):
+                if order is not None:
+                    r.copy_(r.gather(-1, order))
+        m_orig = b.rotate(b.M, out=buf, tmp=tmp, back=True)
+        b.rotate(m_orig, out=b.M, tmp=tmp, Q=new_Q)
+        b.replace_bases(new_Q, states)
+
+    def _update_bucket(self, group: dict, key: tuple, members: List[Tuple[Tensor, Tensor]]) -> None:
+        """The step of :meth:`Adafactor._update_param` with this class's basis hooks, for a bucket of
+        same-layout parameters: batched matmuls, refreshes and elementwise ops on the stacked state; the
+        statistics' means and the update clipping stay per layer."""
+        params = [p for p, _ in members]
+        states = [self.state[p] for p in params]
+        layout = self._layout(params[0], group)
+        factored = "exp_avg_sq_factors" in states[0]
+        b = self._buckets.get(key[:1] + key[2:], params, states, lambda: StateBucket(
+            params, states, layout, tensors=("exp_avg",) if factored else ("exp_avg", "exp_avg_sq"),
+            lists=("GG", "Q", "exp_avg_sq_factors") if factored else ("GG", "Q")))
+        beta1, beta2 = group["betas"]
+        f = group["precondition_frequency"]
+        G, buf1, buf2, buf3 = self._workspace.buffers(b.M, 4)
+        for i, (p, g) in enumerate(members):
+            G[i].copy_(g.reshape(layout.shape))
+
+        s = states[0]["step"]
+        if group["factor_update"] == "before":  # Shampoo's ordering (see _basis_before_step)
+            b.update_factors_(G, self._factor_beta(group))
+            if s % f == 0 and layout.n_precond:
+                self._refresh_bucket(b, states, group, buf1, buf2)
+        t = s + 1
+        for st in states:
+            st["step"] = t
+        g_rot = b.rotate(G, out=buf1, tmp=buf2)
+
+        # Inside the basis: Adafactor, with per-layer statistics.
+        b.M.mul_(beta1).add_(g_rot, alpha=1 - beta1)
+        v_hat = buf2
+        if group["statistics"] == "factors" and layout.n_precond == len(layout.shape) == 2:
+            # diag(Q_dᵀ GG_d Q_d) and Tr GG_0 of each layer (see _second_moment)
+            stats = [(q * torch.bmm(P, q)).sum(-2) for P, q in zip(b.GG, b.Q)]
+            total = b.GG[0].diagonal(dim1=-2, dim2=-1).sum(-1)
+        elif factored:  # running statistics: means of g'² over the other dimension, per layer
+            g2 = torch.mul(g_rot, g_rot, out=buf2)
+            for d, r in enumerate(b.stacked["exp_avg_sq_factors"]):
+                r.mul_(beta2).add_(g2.mean(dim=2 - d), alpha=1.0 - beta2)
+            stats = b.stacked["exp_avg_sq_factors"]
+            total = stats[0].mean(-1)
+        else:  # unfactored V (vectors)
+            b.V.mul_(beta2).addcmul_(g_rot, g_rot, value=1.0 - beta2)
+            stats = None
+        bc1, bc2 = (1 - beta1**t, 1 - beta2**t) if group["correct_bias"] else (1.0, 1.0)
+        if stats is None:
+            torch.div(b.V, bc2, out=v_hat)
+        else:  # second_moment.rank_one per layer: A Cᵀ / total
+            torch.mul(stats[0].unsqueeze(-1), stats[1].unsqueeze(-2), out=v_hat)
+            v_hat.div_(total.clamp_min(torch.finfo(total.dtype).tiny).reshape(-1, 1, 1)).div_(bc2)
+        denom = v_hat.sqrt_().add_(group["eps"])
+        update = torch.div(b.M, bc1, out=buf3).div_(denom)
+        if group["clip_threshold"] is not None:  # per layer
+            rms = update.square().mean(dim=tuple(range(1, update.dim())), keepdim=True).sqrt()
+            update.div_((rms / group["clip_threshold"]).clamp_min(1.0))
+
+        update = b.rotate(update, out=buf1, tmp=buf2, back=True)
+        ups = [update[i].reshape(p.shape) for i, p in enumerate(params)]
+        self._apply_updates(params, ups, group["lr"], group["lr"], group["weight_decay"])
+
+        if group["factor_update"] == "after":  # SOAP's ordering (see _basis_after_step)
+            b.update_factors_(G, self._factor_beta(group))
+            if t % f == 0 and layout.n_precond:
+                self._refresh_bucket(b, states, group, buf1, buf2)

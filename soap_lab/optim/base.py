@@ -165,3 +165,28 @@ class LabOptimizer(torch.optim.Optimizer):
         for pid, p in zip(saved_ids, params):
             if pid in saved_state:
                 self.state[p] = _to_device(saved_state[pid], p.device)
+
+
+class BucketedSteps:
+    """Mixin for :class:`LabOptimizer` subclasses that step same-layout parameters together in buckets
+    (:mod:`soap_lab.optim.buckets`): put it before the optimizer's base class, e.g.
+    ``class Shampoo(BucketedSteps, LabOptimizer)``.
+
+    The subclass defines ``_bucket_key(gi, group, p)``: a hashable key whose first element is the group index
+    ``gi`` (parameters with equal keys are stepped together), or None for the per-parameter path
+    (:meth:`LabOptimizer._update_param`: first calls, unbucketable layouts, ``bucket=False``); and
+    ``_update_bucket(group, key, members)`` with members the list of (parameter, checked gradient).
+    """
+
+    def _update_all(self, items: List[Tuple[dict, Tensor, Tensor]]) -> None:
+        """Unbucketable parameters one by one (``_update_param``), the rest bucket by bucket (``_update_bucket``)."""
+        index = {id(g): i for i, g in enumerate(self.param_groups)}
+        groups: Dict[tuple, List[Tuple[Tensor, Tensor]]] = {}
+        for group, p, g in items:
+            key = self._bucket_key(index[id(group)], group, p)
+            if key is None:
+                self._update_param(group, p, g)
+            else:
+                groups.setdefault(key, []).append((p, g))
+        for key, members in groups.items():
+            self._update_bucket(self.param_groups[key[0]], key, members)

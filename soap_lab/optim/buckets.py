@@ -20,7 +20,7 @@ per-parameter path (see ``SOAP._bucket_key``). The batched code below still hand
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -134,3 +134,165 @@ class Bucket:
             kron.syrk_(self.GG[0], G, beta, 1.0 - beta)
         if self.GG[1] is not None:
             kron.syrk_(self.GG[1], G.mT, beta, 1.0 - beta)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared by every bucketed optimizer: the bucket cache, buckets of any named state, batched eigh
+# ----------------------------------------------------------------------------------------------------------
+class BucketCache:
+    """The optimizer's buckets, by key (everything that makes parameters stackable but the step count) and
+    members. A bucket is reused while it holds exactly these parameters, in this order, and its views are
+    intact (:meth:`Bucket.intact`); otherwise it is rebuilt from the current state, and any bucket a member
+    belonged to before is dropped (a parameter belongs to one bucket at a time). Never part of ``state_dict``.
+
+    Behaves like the ``dict`` of buckets it wraps for ``len``, truth value and :meth:`values`.
+    """
+
+    def __init__(self):
+        self._buckets: dict = {}
+        self._bucket_of: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def values(self):
+        return self._buckets.values()
+
+    def get(self, key: tuple, params: List[Tensor], states: List[dict], build: Callable[[], Bucket]) -> Bucket:
+        """The bucket of ``params`` (with state dicts ``states``) under ``key``; ``build()`` makes a new one."""
+        bkey = tuple(key) + tuple(id(p) for p in params)
+        bucket = self._buckets.get(bkey)
+        if bucket is not None and all(a is b for a, b in zip(bucket.params, params)) and bucket.intact(states):
+            return bucket
+        for p in params:
+            old = self._bucket_of.pop(id(p), None)
+            if old is not None:
+                self._buckets.pop(old, None)
+        bucket = build()
+        self._buckets[bkey] = bucket
+        for p in params:
+            self._bucket_of[id(p)] = bkey
+        return bucket
+
+
+class StateBucket(Bucket):
+    """A :class:`Bucket` whose stacked entries are given by name (Shampoo, EigenAdafactor).
+
+    Args:
+        params, states, layout: as for :class:`Bucket`.
+        tensors: names of per-parameter tensor entries (layout-shaped or per-coordinate), stacked to
+            (batch, ...): e.g. ``"exp_avg"``, ``"exp_avg_sq"``.
+        lists: names of per-parameter list entries with one optional tensor per layout dimension, stacked per
+            dimension: e.g. ``"GG"``, ``"Q"``, ``"D"``, ``"exp_avg_sq_factors"``. An entry that is ``None`` as a
+            whole (Shampoo's ``Q`` and ``D`` before preconditioning starts) stays ``None`` until
+            :meth:`replace` sets it.
+
+    As in :class:`Bucket`, each state entry becomes a view of the stacked tensors (same names, same shapes), and
+    :meth:`intact` is False as soon as any entry is no longer the view handed out. ``stacked[name]`` holds the
+    stacked tensor, list or None; ``M``, ``V``, ``GG`` and ``Q`` name ``exp_avg``, ``exp_avg_sq``, ``GG`` and
+    ``Q`` (None if absent), so :meth:`Bucket.rotate` and :meth:`Bucket.update_factors_` work unchanged.
+    """
+
+    def __init__(self, params: List[Tensor], states: List[dict], layout: kron.KronLayout, *,
+                 tensors: Sequence[str] = ("exp_avg",), lists: Sequence[str] = ("GG", "Q")):
+        if len(layout.shape) > 2:
+            raise ValueError("buckets hold rank-1 or rank-2 layouts only")
+        self.params = list(params)
+        self.layout = layout
+        self.tensor_names = tuple(tensors)
+        self.list_names = tuple(lists)
+        self.stacked: dict = {}
+        for name in self.tensor_names:
+            self.stacked[name] = torch.stack([st[name] for st in states])
+        for name in self.list_names:
+            present = [st.get(name) is not None for st in states]
+            if not any(present):
+                self.stacked[name] = None
+                continue
+            if not all(present):
+                raise ValueError(f"state entry {name!r} is None for some members of a bucket only")
+            rank = len(states[0][name])
+            self.stacked[name] = [_stack_or_none([st[name][d] for st in states]) for d in range(rank)]
+        for i, st in enumerate(states):
+            for name in self.tensor_names:
+                st[name] = self.stacked[name][i]
+            for name in self.list_names:
+                if self.stacked[name] is not None:
+                    st[name] = [None if x is None else x[i] for x in self.stacked[name]]
+        self._records = [self._record(st) for st in states]
+
+    # The names Bucket's methods use.
+    M = property(lambda self: self.stacked.get("exp_avg"))
+    V = property(lambda self: self.stacked.get("exp_avg_sq"))
+    GG = property(lambda self: self.stacked.get("GG"))
+    Q = property(lambda self: self.stacked.get("Q"))
+
+    def _record(self, st: dict) -> tuple:
+        lists = []
+        for name in self.list_names:
+            lst = st.get(name)
+            lists.append(None if lst is None else (lst, tuple(lst)))
+        return tuple(st.get(name) for name in self.tensor_names), tuple(lists)
+
+    def intact(self, states: List[dict]) -> bool:
+        """True if every state entry is still the view (or None) this bucket handed out."""
+        if len(states) != len(self._records):
+            return False
+        for st, (tensors, lists) in zip(states, self._records):
+            if any(st.get(name) is not x for name, x in zip(self.tensor_names, tensors)):
+                return False
+            for name, rec in zip(self.list_names, lists):
+                lst = st.get(name)
+                if rec is None:
+                    if lst is not None:
+                        return False
+                    continue
+                if lst is not rec[0] or len(lst) != len(rec[1]) or any(a is not b for a, b in zip(lst, rec[1])):
+                    return False
+        return True
+
+    def replace(self, name: str, new: List[Optional[Tensor]], states: List[dict]) -> None:
+        """Adopt freshly computed stacked tensors for list entry ``name`` (a refresh) without copying them: each
+        parameter's ``state[name][d]`` is re-pointed to a view of ``new[d]`` (dimensions where ``new[d]`` is None
+        keep their tensor; an entry that was None as a whole becomes a new list)."""
+        old = self.stacked[name]
+        merged = list(new) if old is None else [o if n is None else n for o, n in zip(old, new)]
+        self.stacked[name] = merged
+        for i, st in enumerate(states):
+            if old is None:
+                st[name] = [None if x is None else x[i] for x in merged]
+            else:
+                lst = st[name]
+                for d, n in enumerate(new):
+                    if n is not None:
+                        lst[d] = n[i]
+        self._records = [self._record(st) for st in states]
+
+    def replace_bases(self, new_Q: List[Optional[Tensor]], states: List[dict]) -> None:
+        self.replace("Q", new_Q, states)
+
+
+def eigh_descending_batched(P: Tensor) -> Tuple[Tensor, Tensor]:
+    """(eigenvalues, eigenvectors) of each symmetric matrix of the stack ``P`` (batch, n, n), sorted by
+    decreasing eigenvalue: :func:`soap_lab.kron.eigh_descending` (``return_eigenvalues=True``) for a batch.
+
+    One batched ``torch.linalg.eigh`` call (on CPU the same LAPACK routine per matrix as the unbatched call; on a
+    GPU one launch for the bucket); matrices whose result is not finite, or the whole batch if the call raises,
+    go through ``kron.eigh_descending`` one by one, with its fallback chain (float64, jitter, identity).
+    """
+    try:
+        evals, evecs = torch.linalg.eigh(P)
+        ok = torch.isfinite(evals).all(-1) & torch.isfinite(evecs).flatten(-2).all(-1)
+    except RuntimeError:  # LAPACK did not converge for some matrix
+        evals = evecs = ok = None
+    if ok is not None and bool(ok.all()):
+        return evals.flip(-1), evecs.flip(-1)
+    if ok is None:
+        evals, evecs = torch.empty_like(P[..., 0]), torch.empty_like(P)
+        redo = range(P.shape[0])
+    else:
+        evals, evecs = evals.flip(-1), evecs.flip(-1)
+        redo = (~ok).nonzero().flatten().tolist()
+    for i in redo:
+        evals[i], evecs[i] = kron.eigh_descending(P[i], return_eigenvalues=True)
+    return evals, evecs

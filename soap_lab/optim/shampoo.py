@@ -19,22 +19,32 @@ between (as in practice, e.g. DistributedShampoo).
   for tensors with no preconditioned dimension, the update is the Adam (grafting) direction.
 - Eigenvalues are clipped at 0 before adding ε; a direction whose scale would be infinite (ε = 0 on a
   singular factor) gets scale 0 (documented fallback: no step along a direction with no curvature estimate).
+
+Buckets (issue 5, ``bucket=True``): after a parameter's first call, matrices (rotated on one side, both or
+neither) and unrotated vectors with the same shape, dtypes, device and step count are stacked
+(:mod:`soap_lab.optim.buckets`) and stepped together: batched GEMMs for the factor update and the rotations,
+one batched eigh per factor at a refresh, one elementwise kernel per operation, ``_foreach`` weight updates,
+reused work buffers. The grafting norms and the trace stay per layer (reductions over each matrix). State
+entries keep their names as per-parameter views into the stacks. Rank ≥ 3 tensors, ``precondition_1d``
+vectors, first calls and ``bucket=False`` take the per-parameter path (:meth:`Shampoo._update_param`), the
+readable reference the buckets are tested against (``tests/test_buckets_shampoo.py``, float64).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Tuple
 
 import torch
 
 from .. import kron
-from .base import LabOptimizer
+from .base import BucketedSteps, LabOptimizer
+from .buckets import BucketCache, StateBucket, Workspace, eigh_descending_batched
 
 Tensor = torch.Tensor
 
 GRAFTING = ("adam", None)
 
 
-class Shampoo(LabOptimizer):
+class Shampoo(BucketedSteps, LabOptimizer):
     """Shampoo with EMA factors, eigenbasis inverse roots, optional grafting and the Claim 1 trace factor.
 
     Args:
@@ -52,6 +62,9 @@ class Shampoo(LabOptimizer):
             ``precondition_frequency``.
         max_precond_dim (10000), precondition_1d (False): which dimensions get a factor (as SOAP).
         correct_bias (True): momentum divided by 1−β1^t, factors and Adam's V by 1−β2^t.
+        bucket (True): step same-layout matrices (and unrotated vectors) together with batched ops (see
+            module docstring). Same numbers as ``bucket=False`` up to round-off.
+        on_nonfinite ("raise"): "raise" on NaN/Inf gradients or "skip" the step.
     """
 
     def __init__(
@@ -71,6 +84,7 @@ class Shampoo(LabOptimizer):
         precondition_1d: bool = False,
         correct_bias: bool = True,
         *,
+        bucket: bool = True,
         on_nonfinite: str = "raise",
     ):
         if grafting not in GRAFTING:
@@ -86,14 +100,94 @@ class Shampoo(LabOptimizer):
             precondition_frequency=int(precondition_frequency),
             start_preconditioning_step=start if start >= 1 else int(precondition_frequency),
             max_precond_dim=int(max_precond_dim), precondition_1d=precondition_1d, correct_bias=correct_bias,
+            bucket=bool(bucket),
         )
         super().__init__(params, defaults, on_nonfinite=on_nonfinite)
+        self._buckets = BucketCache()  # a cache (see buckets.py); never part of state_dict
+        self._workspace = Workspace()
+
+    def _layout(self, p: Tensor, group: dict) -> kron.KronLayout:
+        return kron.make_layout(p.shape, max_precond_dim=group["max_precond_dim"],
+                                precondition_1d=group["precondition_1d"])
+
+    # -- buckets ---------------------------------------------------------------------------------------
+    def _bucket_key(self, gi: int, group: dict, p: Tensor):
+        """Parameters with equal keys are stepped together (:meth:`_update_bucket`); None: per parameter."""
+        state = self.state[p]
+        if not group.get("bucket", True) or "step" not in state:
+            return None  # the first call initializes the state on the per-parameter path
+        layout = self._layout(p, group)
+        if len(layout.shape) > 2 or (len(layout.shape) == 1 and layout.n_precond):
+            return None  # rank ≥ 3 and preconditioned vectors: per parameter (as SOAP)
+        return (gi, state["step"], layout.shape, layout.precond, state["exp_avg"].dtype, p.dtype, p.device,
+                state.get("Q") is None)
+
+    def _update_bucket(self, group: dict, key: tuple, members: List[Tuple[Tensor, Tensor]]) -> None:
+        """The step of :meth:`_update_param` for a bucket of same-layout parameters: batched matmuls and
+        elementwise ops on the stacked state; the grafting norms and the trace stay per layer."""
+        params = [p for p, _ in members]
+        states = [self.state[p] for p in params]
+        layout = self._layout(params[0], group)
+        b = self._buckets.get(key[:1] + key[2:], params, states, lambda: StateBucket(
+            params, states, layout, tensors=("exp_avg", "exp_avg_sq"), lists=("GG", "Q", "D")))
+        t = states[0]["step"] + 1
+        for st in states:
+            st["step"] = t
+        beta1, beta2 = group["betas"]
+        bc1, bc2 = (1 - beta1**t, 1 - beta2**t) if group["correct_bias"] else (1.0, 1.0)
+        G, m_hat, adam, tmp = self._workspace.buffers(b.M, 4)
+        for i, (p, g) in enumerate(members):
+            G[i].copy_(g.reshape(layout.shape))
+
+        b.update_factors_(G, beta2)
+        b.M.mul_(beta1).add_(G, alpha=1 - beta1)
+        torch.div(b.M, bc1, out=m_hat)
+        b.V.mul_(beta2).addcmul_(G, G, value=1 - beta2)
+        torch.div(b.V, bc2, out=adam).sqrt_().add_(group["grafting_eps"])
+        torch.div(m_hat, adam, out=adam)
+
+        start = group["start_preconditioning_step"]
+        if layout.n_precond == 0 or t < start:
+            update = adam
+        else:
+            if b.Q is None or (t - start) % group["precondition_frequency"] == 0:
+                new_D, new_Q = [], []
+                for P in b.GG:
+                    if P is None:
+                        new_D.append(None)
+                        new_Q.append(None)
+                    else:
+                        lam, q = eigh_descending_batched(P / bc2)
+                        new_D.append(lam.clamp_min(0))
+                        new_Q.append(q)
+                b.replace("D", new_D, states)
+                b.replace("Q", new_Q, states)
+            D = b.stacked["D"]
+            scale = torch.ones((), dtype=b.M.dtype, device=b.M.device)
+            for d, lam in enumerate(D):
+                if lam is not None:
+                    shape = [len(b), 1, 1]
+                    shape[d + 1] = -1
+                    scale = scale * (lam + group["eps"]).pow(-group["exponent"]).reshape(shape)
+            scale = torch.nan_to_num(scale, nan=0.0, posinf=0.0)
+            if group["trace_scaling"]:
+                trace = next(lam for lam in D if lam is not None).sum(-1)  # one trace per layer
+                scale = scale * trace.pow((layout.n_precond - 1) / 2).reshape(-1, 1, 1)
+            rotated = b.rotate(m_hat, out=G, tmp=tmp)
+            rotated.mul_(scale)
+            update = b.rotate(rotated, out=m_hat, tmp=tmp, back=True)
+            if group["grafting"] == "adam":  # per layer: norms over each matrix, not over the stack
+                dims = tuple(range(1, update.dim()))
+                norm = torch.linalg.vector_norm(update, dim=dims, keepdim=True)
+                update.mul_(torch.linalg.vector_norm(adam, dim=dims, keepdim=True)
+                            / norm.clamp_min(torch.finfo(update.dtype).tiny))
+        ups = [update[i].reshape(p.shape) for i, p in enumerate(params)]
+        self._apply_updates(params, ups, group["lr"], group["lr"], group["weight_decay"])
 
     def _update_param(self, group: dict, p: Tensor, grad: Tensor) -> None:
         state = self.state[p]
         dtype = kron.state_dtype_for(p.dtype)
-        layout = kron.make_layout(p.shape, max_precond_dim=group["max_precond_dim"],
-                                  precondition_1d=group["precondition_1d"])
+        layout = self._layout(p, group)
         g = grad.reshape(layout.shape).to(dtype)
         if "step" not in state:
             state["step"] = 0

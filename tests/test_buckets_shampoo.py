@@ -1,0 +1,286 @@
+"""Buckets for Shampoo and EigenAdafactor (issue 5): bucket=True gives the numbers of the per-parameter path.
+
+As for SOAP (tests/test_perf_equivalence.py): no timing here; float64 trajectories of the bucketed and the
+readable per-parameter path agree to round-off, the state keeps its names as per-parameter views, and a
+checkpoint continues bit-exactly. benchmarks/bucketing.py is run end to end at a smoke-test size.
+"""
+import copy
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from soap_lab import EigenAdafactor, Shampoo, kron
+from soap_lab.optim.buckets import StateBucket, eigh_descending_batched
+from helpers import open_loop_grads, rel, run
+
+F64 = torch.float64
+ROOT = Path(__file__).resolve().parents[1]
+
+# Same-shape matrices (buckets of 2 and 3), a transposed shape, a one-sided layout (40 > max_precond_dim
+# below), vectors (unrotated, bucketed), a 3-D tensor (per-parameter path).
+SHAPES = [(12, 8), (12, 8), (8, 12), (7, 7), (7, 7), (7, 7), (40, 6), (9,), (9,), (3, 4, 2)]
+# statistics="factors" reads Adafactor's statistics off the factors, diag(Qᵀ GG Q): while a factor is rank
+# deficient (the first steps of a non-square layer) its null-space entries are ±round-off and √V̂ is NaN on
+# *both* paths (the idealized form needs full-rank factors; see EigenAdafactor's docstring). So that mode is
+# tested on layers whose factors are full rank from the first gradient: square matrices, plus the one-sided
+# layout (which falls back to the running statistics), vectors and the 3-D tensor.
+SQUARE_SHAPES = [(7, 7), (7, 7), (7, 7), (6, 6), (6, 6), (40, 6), (9,), (9,), (3, 4, 2)]
+MAX_DIM = 16
+STEPS = 27  # f = 3: 9 refreshes
+
+
+def _state_close(opt_a, params_a, opt_b, params_b, tol):
+    worst = 0.0
+    for pa, pb in zip(params_a, params_b):
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
+        assert sa.keys() == sb.keys()
+        assert sa["step"] == sb["step"]
+        for key, x in sa.items():
+            y = sb[key]
+            if isinstance(x, torch.Tensor):
+                worst = max(worst, rel(x, y))
+            elif isinstance(x, list):
+                assert len(x) == len(y)
+                for u, v in zip(x, y):
+                    assert (u is None) == (v is None)
+                    if u is not None:
+                        worst = max(worst, rel(u, v))
+            else:
+                assert x == y
+    assert worst <= tol, worst
+
+
+SHAMPOO_CASES = {
+    "quarter-grafting": dict(exponent=0.25, grafting="adam"),
+    "half-trace-no-grafting": dict(exponent=0.5, trace_scaling=True, grafting=None, eps=1e-6,
+                                   start_preconditioning_step=1),
+    "wd-no-bias-correction": dict(exponent=0.4, weight_decay=0.1, correct_bias=False, betas=(0.9, 0.99)),
+}
+
+
+@pytest.mark.parametrize("kw", SHAMPOO_CASES.values(), ids=SHAMPOO_CASES.keys())
+def test_shampoo_bucketed_equals_unbucketed_float64(kw):
+    init = [torch.randn(*s, dtype=F64) for s in SHAPES]
+    grads = open_loop_grads(SHAPES, STEPS, seed=41)
+    common = dict(lr=1e-2, precondition_frequency=3, max_precond_dim=MAX_DIM, **kw)
+    a, oa = run(lambda ps: Shampoo(ps, bucket=True, **common), init, grads)
+    b, ob = run(lambda ps: Shampoo(ps, bucket=False, **common), init, grads)
+    assert len(oa._buckets) >= 5 and not ob._buckets  # the buckets were really used (and only there)
+    assert all(isinstance(bk, StateBucket) for bk in oa._buckets.values())
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-12
+    assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
+    _state_close(oa, a, ob, b, 1e-12)
+
+
+EIGEN_CASES = {
+    f"{fu}-{st}-{rf}": dict(factor_update=fu, statistics=st, refresh=rf)
+    for fu in ("after", "before") for st in ("running", "factors") for rf in ("eigh", "qr")
+}
+EIGEN_CASES["clip-wd-no-bias-correction"] = dict(clip_threshold=0.5, weight_decay=0.1, correct_bias=False,
+                                                 betas=(0.9, 0.99), shampoo_beta=0.98)
+EIGEN_CASES["householder"] = dict(refresh="qr", qr_method="householder")
+
+
+@pytest.mark.parametrize("kw", EIGEN_CASES.values(), ids=EIGEN_CASES.keys())
+def test_eigen_adafactor_bucketed_equals_unbucketed_float64(kw):
+    shapes = SQUARE_SHAPES if kw.get("statistics") == "factors" else SHAPES
+    init = [torch.randn(*s, dtype=F64) for s in shapes]
+    grads = open_loop_grads(shapes, STEPS, seed=42)
+    common = dict(lr=1e-2, precondition_frequency=3, max_precond_dim=MAX_DIM, **kw)
+    a, oa = run(lambda ps: EigenAdafactor(ps, bucket=True, **common), init, grads)
+    b, ob = run(lambda ps: EigenAdafactor(ps, bucket=False, **common), init, grads)
+    assert len(oa._buckets) >= 4 and not ob._buckets
+    assert all(torch.isfinite(x).all() for x in a)
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-12
+    assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
+    _state_close(oa, a, ob, b, 1e-12)
+
+
+def test_claim1_trajectory_holds_bucketed():
+    """Claim 1 (tests/test_equivalence.py) with both optimizers bucketed: two same-shape 16×16 layers."""
+    from test_equivalence import EIGEN_ADAFACTOR_IDEAL, SHAMPOO_HALF, _train
+
+    a, losses = _train(lambda ps: Shampoo(ps, bucket=True, **SHAMPOO_HALF))
+    b, _ = _train(lambda ps: EigenAdafactor(ps, bucket=True, **EIGEN_ADAFACTOR_IDEAL))
+    c, _ = _train(lambda ps: Shampoo(ps, bucket=False, **SHAMPOO_HALF))
+    assert losses[-1] < 0.95 * losses[0]
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-8
+    assert max(rel(x, y) for x, y in zip(a, c)) <= 1e-12
+
+
+@pytest.mark.parametrize("cls,kw,names", [
+    (Shampoo, {}, {"step", "exp_avg", "exp_avg_sq", "GG", "Q", "D"}),
+    (EigenAdafactor, {}, {"step", "exp_avg", "exp_avg_sq_factors", "GG", "Q"}),
+    (EigenAdafactor, dict(factor_update="before", refresh="qr"), {"step", "exp_avg", "exp_avg_sq_factors", "GG", "Q"}),
+], ids=["shampoo", "eigen_adafactor", "eigen_adafactor-before-qr"])
+def test_bucket_state_is_per_parameter_views_with_the_usual_names(cls, kw, names):
+    params = [torch.nn.Parameter(torch.randn(6, 5)) for _ in range(3)]
+    opt = cls(params, precondition_frequency=2, **kw)
+    ref = cls([torch.nn.Parameter(torch.randn(6, 5))], precondition_frequency=2, bucket=False, **kw)
+    for row in open_loop_grads([(6, 5)] * 3, 7, seed=43, dtype=torch.float32):
+        for p, g in zip(params, row):
+            p.grad = g
+        opt.step()
+        ref.param_groups[0]["params"][0].grad = row[0]
+        ref.step()
+    (bucket,) = opt._buckets.values()
+    ref_state = ref.state[ref.param_groups[0]["params"][0]]
+    for i, p in enumerate(params):
+        st = opt.state[p]
+        assert set(st) == set(ref_state) == names
+        for key in names - {"step"}:
+            if isinstance(st[key], torch.Tensor):
+                assert st[key].shape == ref_state[key].shape
+                assert st[key].data_ptr() == bucket.stacked[key][i].data_ptr()
+            else:
+                assert [None if x is None else tuple(x.shape) for x in st[key]] == \
+                    [None if x is None else tuple(x.shape) for x in ref_state[key]]
+                for x, s in zip(st[key], bucket.stacked[key]):
+                    assert x.data_ptr() == s[i].data_ptr()
+    assert [tuple(q.shape) for q in opt.state[params[0]]["Q"]] == [(6, 6), (5, 5)]
+
+
+@pytest.mark.parametrize("cls,kw", [
+    (Shampoo, dict(start_preconditioning_step=5)),  # Q and D go from None to bucket views at step 5
+    (EigenAdafactor, dict(statistics="running")),
+    (EigenAdafactor, dict(factor_update="before", refresh="qr")),
+], ids=["shampoo", "eigen_adafactor", "eigen_adafactor-before-qr"])
+def test_bucket_follows_changes_of_membership_and_of_state(cls, kw):
+    """Parameters without a gradient, a load_state_dict, and a state tensor replaced from outside: the bucket
+    is rebuilt from the current state each time, and the run still equals the per-parameter one."""
+    shapes = [(6, 5)] * 3 + [(5,)] * 2
+    init = [torch.randn(*s, dtype=F64) for s in shapes]
+    grads = open_loop_grads(shapes, 26, seed=44)
+
+    def drive(bucket):
+        params = [torch.nn.Parameter(x.clone()) for x in init]
+        make = lambda: cls(params, lr=1e-2, precondition_frequency=3, bucket=bucket, **kw)  # noqa: E731
+        opt = make()
+        for t, row in enumerate(grads):
+            for i, (p, g) in enumerate(zip(params, row)):
+                p.grad = None if (t in (5, 6) and i in (1, 3)) else g.clone()
+            opt.step()
+            if t == 9:
+                saved = copy.deepcopy(opt.state_dict())
+                opt = make()
+                opt.load_state_dict(saved)
+            if t == 13:
+                st = opt.state[params[2]]
+                st["exp_avg"] = st["exp_avg"].clone()  # no longer the bucket's view
+            if t == 17:
+                st = opt.state[params[0]]
+                st["Q"] = [q.clone() for q in st["Q"]]  # a new list: no longer the bucket's
+        return params, opt
+
+    (a, oa), (b, _) = drive(True), drive(False)
+    assert oa._buckets
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-12
+    assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
+
+
+@pytest.mark.parametrize("cls,kw", [
+    (Shampoo, {}), (Shampoo, dict(exponent=0.5, trace_scaling=True, grafting=None, eps=1e-6)),
+    (EigenAdafactor, {}), (EigenAdafactor, dict(factor_update="before", refresh="qr", statistics="factors")),
+], ids=["shampoo", "shampoo-half-trace", "eigen_adafactor", "eigen_adafactor-before-qr-factors"])
+def test_bucketed_checkpoint_continues_bit_exactly(cls, kw):
+    params = [torch.nn.Parameter(torch.randn(6, 6)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(5))]
+    shapes = [tuple(p.shape) for p in params]
+    make = lambda ps: cls(ps, precondition_frequency=2, **kw)  # noqa: E731
+    opt = make(params)
+
+    def feed(ps, o, seed):
+        for row in open_loop_grads(shapes, 5, seed=seed, dtype=torch.float32):
+            for p, g in zip(ps, row):
+                p.grad = g
+            o.step()
+
+    feed(params, opt, 0)
+    assert opt._buckets
+    saved_params = [p.detach().clone() for p in params]
+    saved = copy.deepcopy(opt.state_dict())
+    feed(params, opt, 9)
+    fresh = [torch.nn.Parameter(x.clone()) for x in saved_params]
+    fresh_opt = make(fresh)
+    fresh_opt.load_state_dict(saved)
+    feed(fresh, fresh_opt, 9)
+    assert all(torch.equal(a, b) for a, b in zip(params, fresh))
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+@pytest.mark.parametrize("cls", [Shampoo, EigenAdafactor])
+def test_low_precision_parameters_are_bucketed_with_float32_state(cls):
+    shapes = [(8, 6), (8, 6), (7,), (7,)]
+    init = [torch.randn(*s).to(torch.bfloat16) for s in shapes]
+    grads = open_loop_grads(shapes, 12, seed=45, dtype=torch.float32)
+    a, oa = run(lambda ps: cls(ps, lr=1e-2, precondition_frequency=3, bucket=True), init, grads)
+    b, _ = run(lambda ps: cls(ps, lr=1e-2, precondition_frequency=3, bucket=False), init, grads)
+    assert len(oa._buckets) == 2
+    assert all(p.dtype == torch.bfloat16 for p in a)
+    assert all(oa.state[p]["exp_avg"].dtype == torch.float32 for p in a)
+    # float32 round-off of the two paths, then rounding into bf16 (an ulp is 2^-8 relative)
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-2
+
+
+def test_eigh_descending_batched_equals_the_per_matrix_eigh():
+    g = torch.Generator().manual_seed(46)
+    A = torch.randn(4, 9, 5, generator=g, dtype=F64)
+    P = A @ A.mT  # rank 5 of 9
+    P[2] = 0.0  # an all-zero factor is valid input
+    lam, Q = eigh_descending_batched(P)
+    for i in range(4):
+        lam_i, Q_i = kron.eigh_descending(P[i], return_eigenvalues=True)
+        assert torch.equal(lam[i], lam_i) and torch.equal(Q[i], Q_i)
+    assert bool((lam[:, :-1] >= lam[:, 1:]).all())
+
+
+def test_eigh_descending_batched_falls_back_per_matrix():
+    """A matrix eigh cannot handle (NaN) goes through kron.eigh_descending's fallback chain (the identity, with
+    a warning); the others are still decomposed."""
+    g = torch.Generator().manual_seed(47)
+    A = torch.randn(3, 6, 6, generator=g, dtype=F64)
+    P = A @ A.mT
+    P[1, 0, 0] = float("nan")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lam, Q = eigh_descending_batched(P)
+    assert any("identity" in str(w.message) for w in caught)
+    assert torch.equal(Q[1], torch.eye(6, dtype=F64))
+    for i in (0, 2):
+        lam_i, Q_i = kron.eigh_descending(P[i], return_eigenvalues=True)
+        assert torch.equal(lam[i], lam_i) and torch.equal(Q[i], Q_i)
+
+
+def test_bucket_keyword_is_in_the_param_groups():
+    p = torch.nn.Parameter(torch.zeros(3, 3))
+    assert Shampoo([p]).param_groups[0]["bucket"] is True
+    assert EigenAdafactor([p], bucket=False).param_groups[0]["bucket"] is False
+
+
+# --------------------------------------------------------------------------------------------------------
+# The benchmark, end to end at a smoke-test size (no timing asserted)
+# --------------------------------------------------------------------------------------------------------
+def _load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bucketing_benchmark_runs_end_to_end(capsys):
+    bench = _load_benchmark("bucketing")
+    res = bench.run(bench.parse(["--params", "tiny", "--f", "2", "--steps", "4"]))
+    assert [(r["optimizer"], r["bucket"]) for r in res["rows"]] == [
+        ("shampoo", False), ("shampoo", True), ("eigen_adafactor", False), ("eigen_adafactor", True)]
+    assert res["windows"] == 2
+    for r in res["rows"]:
+        assert r["ms_per_step"] > 0 and len(r["windows_ms"]) == 2
+        assert r["max_rel_diff_to_unbucketed"] <= 1e-4  # float32: same trajectory up to round-off
+    assert all(s["speedup"] > 0 for s in res["speedups"])
+    assert bench.main(["--params", "tiny", "--f", "2", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| shampoo |" in out and "| eigen_adafactor |" in out and "speed-up" in out
