@@ -217,7 +217,7 @@ EIGH_JITTERS = (1e-12, 1e-10, 1e-8, 1e-6, 1e-4)
 
 
 def eigh_descending(P: Tensor, *, return_eigenvalues: bool = False):
-    """Eigenvectors of the symmetric factor ``P``, columns sorted by decreasing eigenvalue.
+    """Eigenvectors of the symmetric factor ``P``, columns sorted by decreasing eigenvalue (batched).
 
     Fallback chain (documented; never raises on a singular or all-zero factor):
       1. ``torch.linalg.eigh`` in P's dtype;
@@ -225,7 +225,13 @@ def eigh_descending(P: Tensor, *, return_eigenvalues: bool = False):
       3. float64 with diagonal jitter ``j·(mean diag(P) or 1)·I`` for ``j`` in :data:`EIGH_JITTERS`;
       4. the identity (with a warning) — the basis is then left unrotated for this refresh.
     Results are returned in P's dtype. An all-zero factor is a valid input (eigh returns an orthonormal basis).
+
+    A stack (batch, n, n) takes one batched ``torch.linalg.eigh`` call (on CPU the same LAPACK routine per
+    matrix, so the same bits as one call per matrix; on a GPU one launch for the bucket); matrices whose result
+    is not finite, or the whole stack if the call raises, go through the chain above one by one.
     """
+    if P.dim() > 2:
+        return _eigh_descending_stack(P, return_eigenvalues)
     dtype = P.dtype
     attempts = [(P, 0.0)]
     if dtype != torch.float64:
@@ -247,6 +253,22 @@ def eigh_descending(P: Tensor, *, return_eigenvalues: bool = False):
     warnings.warn("eigh failed on a Kronecker factor even with jitter; keeping the identity basis", RuntimeWarning)
     eye = torch.eye(P.shape[0], dtype=dtype, device=P.device)
     return (P.diagonal().clone(), eye) if return_eigenvalues else eye
+
+
+def _eigh_descending_stack(P: Tensor, return_eigenvalues: bool):
+    Pb = P.reshape(-1, *P.shape[-2:])
+    try:
+        evals, evecs = torch.linalg.eigh(Pb)
+        ok = torch.isfinite(evals).all(-1) & torch.isfinite(evecs).flatten(-2).all(-1)
+        redo = (~ok).nonzero().flatten().tolist()
+        evals, evecs = evals.flip(-1), evecs.flip(-1)
+    except RuntimeError:  # LAPACK did not converge for some matrix
+        evals, evecs = torch.empty_like(Pb[..., 0]), torch.empty_like(Pb)
+        redo = range(Pb.shape[0])
+    for i in redo:
+        evals[i], evecs[i] = eigh_descending(Pb[i], return_eigenvalues=True)
+    evals, evecs = evals.reshape(P.shape[:-1]), evecs.reshape(P.shape)
+    return (evals, evecs) if return_eigenvalues else evecs
 
 
 def init_bases(GG: Bases) -> Bases:
@@ -298,7 +320,7 @@ def refresh_bases(
             X = torch.gather(PQ, -1, order.unsqueeze(-2).expand_as(PQ), out=B)
             new = orthonormalize(X, qr_method, out=target, work=A)  # A (P·Q) is free once gathered
         else:
-            new = eigh_descending(P) if P.dim() == 2 else torch.stack([eigh_descending(x) for x in P])
+            new = eigh_descending(P)
             if target is not None:
                 new = target.copy_(new)
         new_Q.append(new)

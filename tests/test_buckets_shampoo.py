@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from soap_lab import EigenAdafactor, Shampoo, kron
-from soap_lab.optim.buckets import StateBucket, eigh_descending_batched
+from soap_lab.optim.buckets import StateBucket
 from helpers import open_loop_grads, rel, run
 
 F64 = torch.float64
@@ -225,19 +225,19 @@ def test_low_precision_parameters_are_bucketed_with_float32_state(cls):
     assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-2
 
 
-def test_eigh_descending_batched_equals_the_per_matrix_eigh():
+def test_eigh_descending_on_a_stack_equals_the_per_matrix_eigh():
     g = torch.Generator().manual_seed(46)
     A = torch.randn(4, 9, 5, generator=g, dtype=F64)
     P = A @ A.mT  # rank 5 of 9
     P[2] = 0.0  # an all-zero factor is valid input
-    lam, Q = eigh_descending_batched(P)
+    lam, Q = kron.eigh_descending(P, return_eigenvalues=True)
     for i in range(4):
         lam_i, Q_i = kron.eigh_descending(P[i], return_eigenvalues=True)
         assert torch.equal(lam[i], lam_i) and torch.equal(Q[i], Q_i)
     assert bool((lam[:, :-1] >= lam[:, 1:]).all())
 
 
-def test_eigh_descending_batched_falls_back_per_matrix():
+def test_eigh_descending_on_a_stack_falls_back_per_matrix():
     """A matrix eigh cannot handle (NaN) goes through kron.eigh_descending's fallback chain (the identity, with
     a warning); the others are still decomposed."""
     g = torch.Generator().manual_seed(47)
@@ -246,7 +246,7 @@ def test_eigh_descending_batched_falls_back_per_matrix():
     P[1, 0, 0] = float("nan")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        lam, Q = eigh_descending_batched(P)
+        lam, Q = kron.eigh_descending(P, return_eigenvalues=True)
     assert any("identity" in str(w.message) for w in caught)
     assert torch.equal(Q[1], torch.eye(6, dtype=F64))
     for i in (0, 2):

@@ -192,7 +192,8 @@ class EigenAdafactor(BucketedSteps, Adafactor):
             factor_update=factor_update, statistics=statistics, qr_method=qr_method, bucket=bool(bucket),
         )
         self._buckets = BucketCache()  # a cache (see buckets.py); never part of state_dict
-        self._workspace = Workspace()
+        self._workspace = Workspace()  # the step's work buffers (4 × the largest bucket's M)
+        self._refresh_workspace = Workspace()  # the refresh's scratch (2 × the largest bucket's factor stack)
 
     def _layout(self, p: Tensor, group: dict) -> kron.KronLayout:
         return kron.make_layout(p.shape, max_precond_dim=group["max_precond_dim"],
@@ -252,19 +253,17 @@ class EigenAdafactor(BucketedSteps, Adafactor):
         return (gi, state["step"], layout.shape, layout.precond, state["exp_avg"].dtype, p.dtype, p.device,
                 "exp_avg_sq_factors" in state)
 
-    def _refresh_bucket(self, b: StateBucket, states: List[dict], group: dict, buf: Tensor, tmp: Tensor) -> None:
+    def _refresh_bucket(self, b: StateBucket, group: dict, buf: Tensor, tmp: Tensor) -> None:
         """:meth:`_refresh` for a bucket: one batched refresh per factor, the statistics permuted, the momentum
         rotated into the new basis in place (``buf``, ``tmp``: work buffers shaped like it)."""
-        new_Q, perms = kron.refresh_bases(b.GG, b.Q, group["refresh"], group.get("qr_method", "cholesky"))
+        perms = b.refresh_(group["refresh"], group.get("qr_method", "cholesky"), buf=buf, tmp=tmp,
+                           work=self._refresh_workspace.buffers)
         if b.V is not None:
-            kron.permute_(b.V, perms)
+            kron.permute_(b.V, perms, work=buf)
         else:
             for r, order in zip(b.stacked["exp_avg_sq_factors"], perms):
                 if order is not None:
                     r.copy_(r.gather(-1, order))
-        m_orig = b.rotate(b.M, out=buf, tmp=tmp, back=True)
-        b.rotate(m_orig, out=b.M, tmp=tmp, Q=new_Q)
-        b.replace_bases(new_Q, states)
 
     def _update_bucket(self, group: dict, key: tuple, members: List[Tuple[Tensor, Tensor]]) -> None:
         """The step of :meth:`Adafactor._update_param` with this class's basis hooks, for a bucket of
@@ -287,7 +286,7 @@ class EigenAdafactor(BucketedSteps, Adafactor):
         if group["factor_update"] == "before":  # Shampoo's ordering (see _basis_before_step)
             b.update_factors_(G, self._factor_beta(group))
             if s % f == 0 and layout.n_precond:
-                self._refresh_bucket(b, states, group, buf1, buf2)
+                self._refresh_bucket(b, group, buf1, buf2)
         t = s + 1
         for st in states:
             st["step"] = t
@@ -328,4 +327,4 @@ class EigenAdafactor(BucketedSteps, Adafactor):
         if group["factor_update"] == "after":  # SOAP's ordering (see _basis_after_step)
             b.update_factors_(G, self._factor_beta(group))
             if t % f == 0 and layout.n_precond:
-                self._refresh_bucket(b, states, group, buf1, buf2)
+                self._refresh_bucket(b, group, buf1, buf2)

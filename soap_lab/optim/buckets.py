@@ -20,7 +20,7 @@ per-parameter path (see ``SOAP._bucket_key``). The batched code below still hand
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -123,6 +123,19 @@ class Bucket:
             return x
         return out
 
+    def refresh_(self, method: str, qr_method: str, buf: Tensor, tmp: Tensor, work) -> List[Optional[Tensor]]:
+        """Refresh the bases in place and carry the momentum ``M`` over to them; return the permutations the
+        caller applies to its per-coordinate statistics (:func:`soap_lab.kron.refresh_bases`).
+
+        The momentum leaves the old basis first (``buf`` holds it in the original space, ``tmp`` is scratch;
+        both shaped like M), so the new bases can be written over the old ones (the per-parameter views stay
+        valid) and the refresh allocates nothing of size n²: ``work`` (e.g. :meth:`Workspace.buffers` of a
+        workspace not otherwise in use) provides its scratch."""
+        m_orig = self.rotate(self.M, out=buf, tmp=tmp, back=True)
+        _, perms = kron.refresh_bases(self.GG, self.Q, method, qr_method, out=self.Q, work=work)
+        self.rotate(m_orig, out=self.M, tmp=tmp)
+        return perms
+
     def update_factors_(self, G: Tensor, beta: float) -> None:
         """``GG[d] ← β·GG[d] + (1−β)·G_(d) G_(d)ᵀ`` for the stacked gradients ``G`` (batched GEMMs;
         as :func:`soap_lab.kron.update_factors_`, a 1-D parameter's outer product is blended with ``lerp_``)."""
@@ -137,7 +150,7 @@ class Bucket:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Shared by every bucketed optimizer: the bucket cache, buckets of any named state, batched eigh
+# Shared by every bucketed optimizer: the bucket cache, buckets of any named state
 # ----------------------------------------------------------------------------------------------------------
 class BucketCache:
     """The optimizer's buckets, by key (everything that makes parameters stackable but the step count) and
@@ -267,32 +280,3 @@ class StateBucket(Bucket):
                     if n is not None:
                         lst[d] = n[i]
         self._records = [self._record(st) for st in states]
-
-    def replace_bases(self, new_Q: List[Optional[Tensor]], states: List[dict]) -> None:
-        self.replace("Q", new_Q, states)
-
-
-def eigh_descending_batched(P: Tensor) -> Tuple[Tensor, Tensor]:
-    """(eigenvalues, eigenvectors) of each symmetric matrix of the stack ``P`` (batch, n, n), sorted by
-    decreasing eigenvalue: :func:`soap_lab.kron.eigh_descending` (``return_eigenvalues=True``) for a batch.
-
-    One batched ``torch.linalg.eigh`` call (on CPU the same LAPACK routine per matrix as the unbatched call; on a
-    GPU one launch for the bucket); matrices whose result is not finite, or the whole batch if the call raises,
-    go through ``kron.eigh_descending`` one by one, with its fallback chain (float64, jitter, identity).
-    """
-    try:
-        evals, evecs = torch.linalg.eigh(P)
-        ok = torch.isfinite(evals).all(-1) & torch.isfinite(evecs).flatten(-2).all(-1)
-    except RuntimeError:  # LAPACK did not converge for some matrix
-        evals = evecs = ok = None
-    if ok is not None and bool(ok.all()):
-        return evals.flip(-1), evecs.flip(-1)
-    if ok is None:
-        evals, evecs = torch.empty_like(P[..., 0]), torch.empty_like(P)
-        redo = range(P.shape[0])
-    else:
-        evals, evecs = evals.flip(-1), evecs.flip(-1)
-        redo = (~ok).nonzero().flatten().tolist()
-    for i in redo:
-        evals[i], evecs[i] = kron.eigh_descending(P[i], return_eigenvalues=True)
-    return evals, evecs

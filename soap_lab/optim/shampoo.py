@@ -37,7 +37,7 @@ import torch
 
 from .. import kron
 from .base import BucketedSteps, LabOptimizer
-from .buckets import BucketCache, StateBucket, Workspace, eigh_descending_batched
+from .buckets import BucketCache, StateBucket, Workspace
 
 Tensor = torch.Tensor
 
@@ -157,7 +157,7 @@ class Shampoo(BucketedSteps, LabOptimizer):
                         new_D.append(None)
                         new_Q.append(None)
                     else:
-                        lam, q = eigh_descending_batched(P / bc2)
+                        lam, q = kron.eigh_descending(P / bc2, return_eigenvalues=True)
                         new_D.append(lam.clamp_min(0))
                         new_Q.append(q)
                 b.replace("D", new_D, states)

@@ -46,14 +46,14 @@ scales the updated weight (torch's AdamW decays the weight first).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Iterable, List, Tuple
 
 import torch
 
 from .. import kron
 from . import second_moment
-from .base import LabOptimizer
-from .buckets import Bucket, Workspace
+from .base import BucketedSteps, LabOptimizer
+from .buckets import Bucket, BucketCache, Workspace
 
 Tensor = torch.Tensor
 
@@ -63,7 +63,7 @@ DATA_FORMATS = ("channels_first", "channels_last")
 QR_METHODS = kron.ORTHO_METHODS
 
 
-class SOAP(LabOptimizer):
+class SOAP(BucketedSteps, LabOptimizer):
     """SOAP (Vyas et al. 2024, Algorithm 3).
 
     Args (reference keywords and defaults):
@@ -138,8 +138,7 @@ class SOAP(LabOptimizer):
         )
         super().__init__(params, defaults, on_nonfinite=on_nonfinite)
         self._data_format = data_format
-        self._buckets: Dict[tuple, Bucket] = {}  # a cache (see buckets.py); never part of state_dict
-        self._bucket_of: Dict[int, tuple] = {}
+        self._buckets = BucketCache()  # a cache (see buckets.py); never part of state_dict
         self._workspace = Workspace()  # the step's work buffers (3 × the largest bucket's M)
         self._refresh_workspace = Workspace()  # the refresh's (2 × the largest bucket's factor stack)
 
@@ -166,20 +165,6 @@ class SOAP(LabOptimizer):
         return x.reshape(p.shape)
 
     # -- the step --------------------------------------------------------------------------------------
-    def _update_all(self, items: List[Tuple[dict, Tensor, Tensor]]) -> None:
-        """First calls and unbucketable parameters one by one (:meth:`_update_param`), the rest bucket by
-        bucket (:meth:`_update_bucket`)."""
-        index = {id(g): i for i, g in enumerate(self.param_groups)}
-        groups: Dict[tuple, List[Tuple[Tensor, Tensor]]] = {}
-        for group, p, g in items:
-            key = self._bucket_key(index[id(group)], group, p)
-            if key is None:
-                self._update_param(group, p, g)
-            else:
-                groups.setdefault(key, []).append((p, g))
-        for key, members in groups.items():
-            self._update_bucket(self.param_groups[key[0]], key, members)
-
     def _bucket_key(self, gi: int, group: dict, p: Tensor):
         """Parameters with equal keys are stepped together; None: per-parameter path."""
         state = self.state[p]
@@ -196,19 +181,8 @@ class SOAP(LabOptimizer):
                 self._nhwc(p, group))
 
     def _bucket_for(self, key: tuple, params: List[Tensor], states: List[dict], layout: kron.KronLayout) -> Bucket:
-        bkey = key[:6] + key[7:] + tuple(id(p) for p in params)  # everything but the step count
-        bucket = self._buckets.get(bkey)
-        if bucket is not None and all(a is b for a, b in zip(bucket.params, params)) and bucket.intact(states):
-            return bucket
-        for p in params:  # a parameter belongs to one bucket at a time
-            old = self._bucket_of.pop(id(p), None)
-            if old is not None:
-                self._buckets.pop(old, None)
-        bucket = Bucket(params, states, layout)
-        self._buckets[bkey] = bucket
-        for p in params:
-            self._bucket_of[id(p)] = bkey
-        return bucket
+        return self._buckets.get(key[:6] + key[7:], params, states,  # everything but the step count
+                                 lambda: Bucket(params, states, layout))
 
     def _update_bucket(self, group: dict, key: tuple, members: List[Tuple[Tensor, Tensor]]) -> None:
         """The step of :meth:`_update_param` for a bucket of same-layout parameters (batched)."""
@@ -244,14 +218,9 @@ class SOAP(LabOptimizer):
         self._apply_updates(params, ups, step_size, group["lr"], group["weight_decay"])
 
         if t % group["precondition_frequency"] == 0 and layout.n_precond:
-            # The momentum leaves the old basis first, so the new basis can be written over the old one: the
-            # refresh then allocates nothing of size n² (scratch from a workspace of its own; the step's
-            # buffers still hold the momentum).
-            m_orig = b.rotate(b.M, out=buf1, tmp=buf2, back=True)
-            _, perms = kron.refresh_bases(b.GG, b.Q, group["refresh"], group.get("qr_method", "cholesky"),
-                                          out=b.Q, work=self._refresh_workspace.buffers)
+            perms = b.refresh_(group["refresh"], group.get("qr_method", "cholesky"), buf=buf1, tmp=buf2,
+                               work=self._refresh_workspace.buffers)
             kron.permute_(b.V, perms, work=G)
-            b.rotate(m_orig, out=b.M, tmp=buf2)
 
     def _update_param(self, group: dict, p: Tensor, grad: Tensor) -> None:
         state = self.state[p]
