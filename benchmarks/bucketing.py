@@ -23,7 +23,6 @@ Numbers depend on the machine and its load; ratios within one run are the output
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -38,7 +37,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see step_time.py; before 
 
 import torch  # noqa: E402
 
-from step_time import PARAM_SETS, gpt_shapes, provenance  # noqa: E402
+from step_time import (PARAM_SETS, add_common_args, checked_args, gpt_shapes, open_loop_gradients,  # noqa: E402
+                       provenance, write_outputs)
 
 OPTIMIZERS = ("shampoo", "eigen_adafactor")
 HP = dict(lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01)
@@ -70,21 +70,7 @@ def run(args) -> Dict:
         params[e] = [torch.nn.Parameter(x.clone()) for x in init]
         opts[e] = build(e[0], params[e], f, e[1])
 
-    # Open-loop gradients, as in step_time.py: a fixed per-layer row/column scale times N(0, 1) noise.
-    gen = torch.Generator().manual_seed(1234)
-    scales = []
-    for s in shapes:
-        if len(s) == 2:
-            r = torch.logspace(0, -1, s[0])[torch.randperm(s[0], generator=gen)]
-            c = torch.logspace(0, -1, s[1])[torch.randperm(s[1], generator=gen)]
-            scales.append(torch.outer(r, c))
-        else:
-            scales.append(None)
-
-    def gradients(t: int) -> List[torch.Tensor]:
-        g = torch.Generator().manual_seed(10_000 + t)
-        return [(x.mul_(sc) if sc is not None else x).to(device)
-                for x, sc in ((torch.randn(s, generator=g), sc) for s, sc in zip(shapes, scales))]
+    gradients = open_loop_gradients(shapes, device)  # as in step_time.py
 
     def sync():
         if device.type == "cuda":
@@ -172,22 +158,10 @@ def table(res: Dict) -> str:
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="gpt10m", choices=sorted(PARAM_SETS))
+    add_common_args(p, "bucketing_<params>_f<f>.json and .md there")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 2 windows of f)")
-    p.add_argument("--f", type=int, default=10, help="precondition frequency")
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS, metavar="NAME")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
-    p.add_argument("--out", default=None, help="directory: write bucketing_<params>_f<f>.json and .md there")
-    p.add_argument("--verbose", action="store_true", help="progress on stderr")
-    args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device here")
-    if args.steps is None:
-        args.steps = 2 * args.f
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return args
+    return checked_args(p, argv, lambda a: 2 * a.f)
 
 
 def main(argv=None) -> int:
@@ -196,12 +170,7 @@ def main(argv=None) -> int:
     text = table(res)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"bucketing_{res['params']}_f{res['f']}" + ("" if res["device"] == "cpu" else "_" + res["device"].split(":")[0])
-        (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
-        (out / f"{stem}.md").write_text(text + "\n")
-        print(f"wrote {out / stem}.json and .md", file=sys.stderr)
+        write_outputs(res, text, args.out, "bucketing")
     return 0
 
 

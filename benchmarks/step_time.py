@@ -184,6 +184,31 @@ class CompileSwitch:
             self.hu.compile_mode = self.default if on else None
 
 
+def open_loop_gradients(shapes: List[Shape], device: torch.device) -> Callable[[int], List[torch.Tensor]]:
+    """``gradients(t)``: the open-loop gradients of step t, the same for every optimizer and independent of the
+    parameters — a fixed per-matrix row/column scale (one decade, randomly placed: the factors are not
+    isotropic) times N(0, 1) noise from a generator seeded by t. Call it outside the timed region."""
+    gen = torch.Generator().manual_seed(1234)
+    scales = []
+    for s in shapes:
+        if len(s) == 2:
+            r = torch.logspace(0, -1, s[0])[torch.randperm(s[0], generator=gen)]
+            c = torch.logspace(0, -1, s[1])[torch.randperm(s[1], generator=gen)]
+            scales.append(torch.outer(r, c))
+        else:
+            scales.append(None)
+
+    def gradients(t: int) -> List[torch.Tensor]:
+        g = torch.Generator().manual_seed(10_000 + t)
+        out = []
+        for s, sc in zip(shapes, scales):
+            x = torch.randn(s, generator=g)
+            out.append((x.mul_(sc) if sc is not None else x).to(device))
+        return out
+
+    return gradients
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------
@@ -250,26 +275,7 @@ def run(args) -> Dict:
         opts[name] = build(name, ps, f)
     probe = MatmulProbe(device)
 
-    # Open-loop gradients: a fixed per-layer row/column scale (so the factors are not isotropic) times
-    # N(0, 1) noise drawn from a generator seeded by the step. Generated outside the timed region.
-    gen = torch.Generator().manual_seed(1234)
-    scales = []
-    for s in shapes:
-        if len(s) == 2:
-            r = torch.logspace(0, -1, s[0])[torch.randperm(s[0], generator=gen)]
-            c = torch.logspace(0, -1, s[1])[torch.randperm(s[1], generator=gen)]
-            scales.append(torch.outer(r, c))
-        else:
-            scales.append(None)
-
-    def gradients(t: int):
-        g = torch.Generator().manual_seed(10_000 + t)
-        out = []
-        for s, sc in zip(shapes, scales):
-            x = torch.randn(s, generator=g)
-            out.append((x.mul_(sc) if sc is not None else x).to(device))
-        return out
-
+    gradients = open_loop_gradients(shapes, device)
     warmup = f + 1
     total = warmup + args.steps
     times: Dict[str, List[float]] = {n: [] for n in names}
@@ -397,34 +403,50 @@ def table(res: Dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="gpt10m", choices=sorted(PARAM_SETS))
+    add_common_args(p, "<params>_f<f>.json and .md there (e.g. data/bench)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 windows of f for gpt10m, 1 for gpt124m)")
-    p.add_argument("--f", type=int, default=10, help="precondition frequency")
     p.add_argument("--optimizers", nargs="+", default=list(DEFAULT_OPTIMIZERS), choices=OPTIMIZERS, metavar="NAME",
                    help=f"any of {', '.join(OPTIMIZERS)} (default: {' '.join(DEFAULT_OPTIMIZERS)}); "
                         "heavyball_compile compiles with torch.compile (minutes on 2 cores)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]: parameters, states and gradients live there")
-    p.add_argument("--out", default=None, help="directory: write <params>_f<f>.json and .md there (e.g. data/bench)")
-    p.add_argument("--verbose", action="store_true", help="progress on stderr")
-    args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device here")
-    if args.steps is None:
-        args.steps = (3 if args.params == "gpt10m" else 1) * args.f
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = checked_args(p, argv, lambda a: (3 if a.params == "gpt10m" else 1) * a.f)
     res = run(args)
     text = table(res)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"step_time_{res['params']}_f{res['f']}" + ("" if res["device"] == "cpu" else "_" + res["device"].split(":")[0])
-        (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
-        (out / f"{stem}.md").write_text(text + "\n")
-        print(f"wrote {out / stem}.json and .md", file=sys.stderr)
+        write_outputs(res, text, args.out, "step_time")
     return 0
+
+
+def add_common_args(p: argparse.ArgumentParser, out_files: str) -> None:
+    """The options every benchmark here shares (parameter set, f, threads, device, output, progress)."""
+    p.add_argument("--params", default="gpt10m", choices=sorted(PARAM_SETS))
+    p.add_argument("--f", type=int, default=10, help="precondition frequency")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]: parameters, states and gradients live there")
+    p.add_argument("--out", default=None, help=f"directory: write {out_files}")
+    p.add_argument("--verbose", action="store_true", help="progress on stderr")
+
+
+def checked_args(p: argparse.ArgumentParser, argv, default_steps: Callable[[argparse.Namespace], int]):
+    """Parse; refuse --device cuda without CUDA; fill in --steps; apply --threads."""
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    if args.steps is None:
+        args.steps = default_steps(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def write_outputs(res: Dict, text: str, out_dir: str, name: str) -> None:
+    """``<out_dir>/<name>_<params>_f<f>[_cuda].{json,md}``: the full result with provenance, and its table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_{res['params']}_f{res['f']}" + ("" if res["device"] == "cpu" else "_" + res["device"].split(":")[0])
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{stem}.md").write_text(text + "\n")
+    print(f"wrote {out / stem}.json and .md", file=sys.stderr)
 
 
 if __name__ == "__main__":

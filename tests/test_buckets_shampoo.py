@@ -15,7 +15,7 @@ import torch
 
 from soap_lab import EigenAdafactor, Shampoo, kron
 from soap_lab.optim.buckets import StateBucket
-from helpers import open_loop_grads, rel, run
+from helpers import open_loop_grads, rel, resumes_bit_exactly, run, state_close
 
 F64 = torch.float64
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,27 +31,6 @@ SHAPES = [(12, 8), (12, 8), (8, 12), (7, 7), (7, 7), (7, 7), (40, 6), (9,), (9,)
 SQUARE_SHAPES = [(7, 7), (7, 7), (7, 7), (6, 6), (6, 6), (40, 6), (9,), (9,), (3, 4, 2)]
 MAX_DIM = 16
 STEPS = 27  # f = 3: 9 refreshes
-
-
-def _state_close(opt_a, params_a, opt_b, params_b, tol):
-    worst = 0.0
-    for pa, pb in zip(params_a, params_b):
-        sa, sb = opt_a.state[pa], opt_b.state[pb]
-        assert sa.keys() == sb.keys()
-        assert sa["step"] == sb["step"]
-        for key, x in sa.items():
-            y = sb[key]
-            if isinstance(x, torch.Tensor):
-                worst = max(worst, rel(x, y))
-            elif isinstance(x, list):
-                assert len(x) == len(y)
-                for u, v in zip(x, y):
-                    assert (u is None) == (v is None)
-                    if u is not None:
-                        worst = max(worst, rel(u, v))
-            else:
-                assert x == y
-    assert worst <= tol, worst
 
 
 SHAMPOO_CASES = {
@@ -73,7 +52,7 @@ def test_shampoo_bucketed_equals_unbucketed_float64(kw):
     assert all(isinstance(bk, StateBucket) for bk in oa._buckets.values())
     assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-12
     assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
-    _state_close(oa, a, ob, b, 1e-12)
+    state_close(oa, a, ob, b, 1e-12)
 
 
 EIGEN_CASES = {
@@ -97,7 +76,7 @@ def test_eigen_adafactor_bucketed_equals_unbucketed_float64(kw):
     assert all(torch.isfinite(x).all() for x in a)
     assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-12
     assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
-    _state_close(oa, a, ob, b, 1e-12)
+    state_close(oa, a, ob, b, 1e-12)
 
 
 def test_claim1_trajectory_holds_bucketed():
@@ -188,26 +167,8 @@ def test_bucket_follows_changes_of_membership_and_of_state(cls, kw):
 ], ids=["shampoo", "shampoo-half-trace", "eigen_adafactor", "eigen_adafactor-before-qr-factors"])
 def test_bucketed_checkpoint_continues_bit_exactly(cls, kw):
     params = [torch.nn.Parameter(torch.randn(6, 6)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(5))]
-    shapes = [tuple(p.shape) for p in params]
-    make = lambda ps: cls(ps, precondition_frequency=2, **kw)  # noqa: E731
-    opt = make(params)
-
-    def feed(ps, o, seed):
-        for row in open_loop_grads(shapes, 5, seed=seed, dtype=torch.float32):
-            for p, g in zip(ps, row):
-                p.grad = g
-            o.step()
-
-    feed(params, opt, 0)
-    assert opt._buckets
-    saved_params = [p.detach().clone() for p in params]
-    saved = copy.deepcopy(opt.state_dict())
-    feed(params, opt, 9)
-    fresh = [torch.nn.Parameter(x.clone()) for x in saved_params]
-    fresh_opt = make(fresh)
-    fresh_opt.load_state_dict(saved)
-    feed(fresh, fresh_opt, 9)
-    assert all(torch.equal(a, b) for a, b in zip(params, fresh))
+    n_buckets, same = resumes_bit_exactly(lambda ps: cls(ps, precondition_frequency=2, **kw), params)
+    assert n_buckets and same
     assert all(torch.isfinite(p).all() for p in params)
 
 

@@ -10,29 +10,13 @@ import torch
 
 from soap_lab import SOAP, EigenAdafactor, kron
 from soap_lab.optim.base import LabOptimizer
-from helpers import open_loop_grads, rel, run
+from helpers import open_loop_grads, rel, resumes_bit_exactly, run, state_close
 
 F64 = torch.float64
 
 # Same-shape matrices (buckets of 2 and 3), a transposed shape, a one-sided layout (40 > max_precond_dim
 # below), vectors (AdamW, bucketed), a 3-D tensor (per-parameter path).
 SHAPES = [(12, 8), (12, 8), (8, 12), (7, 7), (7, 7), (7, 7), (40, 6), (9,), (9,), (3, 4, 2)]
-
-
-def _state_close(opt_a, params_a, opt_b, params_b, tol):
-    worst = 0.0
-    for pa, pb in zip(params_a, params_b):
-        sa, sb = opt_a.state[pa], opt_b.state[pb]
-        assert sa.keys() == sb.keys()
-        assert sa["step"] == sb["step"]
-        for key in ("exp_avg", "exp_avg_sq"):
-            worst = max(worst, rel(sa[key], sb[key]))
-        for key in ("GG", "Q"):
-            for x, y in zip(sa[key], sb[key]):
-                assert (x is None) == (y is None)
-                if x is not None:
-                    worst = max(worst, rel(x, y))
-    assert worst <= tol, worst
 
 
 @pytest.mark.parametrize("kw", [
@@ -50,7 +34,7 @@ def test_bucketed_equals_unbucketed_float64(kw):
     assert len(oa._buckets) >= 3 and not ob._buckets  # the buckets were really used (and only there)
     assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-12
     assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
-    _state_close(oa, a, ob, b, 1e-12)
+    state_close(oa, a, ob, b, 1e-12)
 
 
 def test_bucket_state_is_per_parameter_views_with_the_reference_names():
@@ -98,24 +82,8 @@ def test_bucket_follows_changes_of_membership_and_of_state():
 
 def test_bucketed_checkpoint_continues_bit_exactly():
     params = [torch.nn.Parameter(torch.randn(6, 5)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(5))]
-    shapes = [tuple(p.shape) for p in params]
-    opt = SOAP(params, precondition_frequency=2)
-
-    def feed(ps, o, seed):
-        for row in open_loop_grads(shapes, 5, seed=seed, dtype=torch.float32):
-            for p, g in zip(ps, row):
-                p.grad = g
-            o.step()
-
-    feed(params, opt, 0)
-    saved_params = [p.detach().clone() for p in params]
-    saved = copy.deepcopy(opt.state_dict())
-    feed(params, opt, 9)
-    fresh = [torch.nn.Parameter(x.clone()) for x in saved_params]
-    fresh_opt = SOAP(fresh, precondition_frequency=2)
-    fresh_opt.load_state_dict(saved)
-    feed(fresh, fresh_opt, 9)
-    assert all(torch.equal(a, b) for a, b in zip(params, fresh))
+    n_buckets, same = resumes_bit_exactly(lambda ps: SOAP(ps, precondition_frequency=2), params)
+    assert n_buckets and same
 
 
 def test_foreach_elementwise_path_equals_plain_path_bit_for_bit():
