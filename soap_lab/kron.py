@@ -462,10 +462,10 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
     modified (the Householder fallback needs it).
 
     Speed (``benchmarks/orthonormalize.py``, 2-core CPU, float32, batches of 4; ``data/bench/orthonormalize_*``):
-    once the basis tracks the factor (refresh at step 50) one pass suffices and Cholesky-QR is 1.3–1.9× faster
-    than Householder for n = 384 … 3072; in a run's first refreshes the stale basis makes P·Q far from
-    orthogonal (cond 25–700), every matrix needs the second pass and Cholesky-QR is 0.8–1.07× Householder's
-    speed. The default follows the long run.
+    once the basis tracks the factor (refresh at step 50) one pass suffices and Cholesky-QR is 1.3–2.4× faster
+    than Householder for n = 384 … 3072 (two runs); in a run's first refreshes the stale basis makes P·Q far
+    from orthogonal (cond 25–700), every matrix needs the second pass and Cholesky-QR is 0.7–1.07×
+    Householder's speed. The default follows the long run.
     """
     if method not in ORTHO_METHODS:
         raise ValueError(f"orthonormalization must be one of {ORTHO_METHODS}, got {method!r}")
