@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     text = table(res)
     print(text)
     if args.out:
-        write_outputs(res, text, args.out, "bucketing")
+        write_outputs(res, text, args.out, "bucketing", args.tag)
     return 0
 
 

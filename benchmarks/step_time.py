@@ -413,7 +413,7 @@ def main(argv=None) -> int:
     text = table(res)
     print(text)
     if args.out:
-        write_outputs(res, text, args.out, "step_time")
+        write_outputs(res, text, args.out, "step_time", args.tag)
     return 0
 
 
@@ -424,6 +424,7 @@ def add_common_args(p: argparse.ArgumentParser, out_files: str) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]: parameters, states and gradients live there")
     p.add_argument("--out", default=None, help=f"directory: write {out_files}")
+    p.add_argument("--tag", default="", help="suffix for the output files' names (keeps a special run apart)")
     p.add_argument("--verbose", action="store_true", help="progress on stderr")
 
 
@@ -439,11 +440,12 @@ def checked_args(p: argparse.ArgumentParser, argv, default_steps: Callable[[argp
     return args
 
 
-def write_outputs(res: Dict, text: str, out_dir: str, name: str) -> None:
-    """``<out_dir>/<name>_<params>_f<f>[_cuda].{json,md}``: the full result with provenance, and its table."""
+def write_outputs(res: Dict, text: str, out_dir: str, name: str, tag: str = "") -> None:
+    """``<out_dir>/<name>_<params>_f<f>[_cuda][_<tag>].{json,md}``: the full result with provenance, and its table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{name}_{res['params']}_f{res['f']}" + ("" if res["device"] == "cpu" else "_" + res["device"].split(":")[0])
+    stem += f"_{tag}" if tag else ""
     (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     (out / f"{stem}.md").write_text(text + "\n")
     print(f"wrote {out / stem}.json and .md", file=sys.stderr)
