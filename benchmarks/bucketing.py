@@ -38,7 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see step_time.py; before 
 import torch  # noqa: E402
 
 from step_time import (PARAM_SETS, add_common_args, checked_args, gpt_shapes, open_loop_gradients,  # noqa: E402
-                       provenance, write_outputs)
+                       provenance, report)
 
 OPTIMIZERS = ("shampoo", "eigen_adafactor")
 HP = dict(lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01)
@@ -166,12 +166,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    res = run(args)
-    text = table(res)
-    print(text)
-    if args.out:
-        write_outputs(res, text, args.out, "bucketing", args.tag)
-    return 0
+    return report(run(args), table, args, "bucketing")
 
 
 if __name__ == "__main__":

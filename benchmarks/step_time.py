@@ -409,11 +409,15 @@ def main(argv=None) -> int:
                    help=f"any of {', '.join(OPTIMIZERS)} (default: {' '.join(DEFAULT_OPTIMIZERS)}); "
                         "heavyball_compile compiles with torch.compile (minutes on 2 cores)")
     args = checked_args(p, argv, lambda a: (3 if a.params == "gpt10m" else 1) * a.f)
-    res = run(args)
-    text = table(res)
+    return report(run(args), table, args, "step_time")
+
+
+def report(res: Dict, table_of: Callable[[Dict], str], args: argparse.Namespace, name: str) -> int:
+    """Print the result's table and, with ``--out``, write it and the full result (:func:`write_outputs`)."""
+    text = table_of(res)
     print(text)
     if args.out:
-        write_outputs(res, text, args.out, "step_time", args.tag)
+        write_outputs(res, text, args.out, name, args.tag)
     return 0
 
 
