@@ -370,8 +370,8 @@ def _cholesky_lower_(A: Tensor, base: int = 256) -> Tensor:
     """
     n = A.shape[-1]
     if n <= base or A.device.type != "cpu":
-        L, info = torch.linalg.cholesky_ex(A)
-        A.copy_(L)
+        info = torch.empty(A.shape[:-2], dtype=torch.int32, device=A.device)
+        torch.linalg.cholesky_ex(A, out=(A, info))  # in place (upper triangle zeroed)
         return info != 0
     k = n // 2
     bad1 = _cholesky_lower_(A[..., :k, :k], base)
