@@ -46,6 +46,7 @@ __all__ = [
     "eigh_descending",
     "init_bases",
     "refresh_bases",
+    "rotated_diagonal",
     "orthonormalize",
     "householder_q",
     "ORTHO_METHODS",
@@ -276,6 +277,13 @@ def init_bases(GG: Bases) -> Bases:
     return [None if P is None else eigh_descending(P) for P in GG]
 
 
+def rotated_diagonal(q: Tensor, PQ: Tensor, work: Optional[Tensor] = None) -> Tensor:
+    """``diag(Qᵀ P Q)`` from Q and the product P·Q (batched; ``work``, shaped like Q, avoids a temporary): the
+    factor's eigenvalue estimates in basis Q (paper Algorithm 4's sort), and Adafactor's row/column statistics
+    read off Shampoo's factors (EigenAdafactor's ``statistics="factors"``, Claim 1)."""
+    return torch.mul(q, PQ, out=work).sum(-2)
+
+
 def refresh_bases(
     GG: Bases, Q: Bases, method: str = "qr", qr_method: str = "householder", *,
     out: Optional[Bases] = None, work: Optional[Callable[[Tensor, int], List[Tensor]]] = None,
@@ -313,7 +321,7 @@ def refresh_bases(
             continue
         A, B = work(P, 2) if work is not None else (torch.empty_like(P), torch.empty_like(P))
         PQ = torch.matmul(P, q, out=A)
-        est_eig = torch.mul(q, PQ, out=B).sum(-2)  # diag(Qᵀ P Q)
+        est_eig = rotated_diagonal(q, PQ, work=B)
         order = torch.argsort(est_eig, dim=-1, descending=True, stable=True)
         target = None if out is None else out[d]
         if method == "qr":

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from soap_lab import EigenAdafactor, Shampoo, kron
-from soap_lab.optim.buckets import StateBucket
+from soap_lab.optim.buckets import Bucket
 from helpers import open_loop_grads, rel, resumes_bit_exactly, run, state_close
 
 F64 = torch.float64
@@ -49,7 +49,7 @@ def test_shampoo_bucketed_equals_unbucketed_float64(kw):
     a, oa = run(lambda ps: Shampoo(ps, bucket=True, **common), init, grads)
     b, ob = run(lambda ps: Shampoo(ps, bucket=False, **common), init, grads)
     assert len(oa._buckets) >= 5 and not ob._buckets  # the buckets were really used (and only there)
-    assert all(isinstance(bk, StateBucket) for bk in oa._buckets.values())
+    assert all(isinstance(bk, Bucket) for bk in oa._buckets.values())
     assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-12
     assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
     state_close(oa, a, ob, b, 1e-12)

@@ -32,7 +32,7 @@ import torch
 from .. import kron
 from . import second_moment
 from .base import BucketedSteps, LabOptimizer
-from .buckets import BucketCache, StateBucket, Workspace
+from .buckets import Bucket, BucketCache, Workspace
 
 Tensor = torch.Tensor
 
@@ -238,7 +238,7 @@ class EigenAdafactor(BucketedSteps, Adafactor):
             return super()._second_moment(state, g_rot, group)
         # Statistics of all past gradients rotated into the current basis, read off the factors:
         # A_d = diag(Q_dᵀ GG_d Q_d) (row sums of the rotated second moment), 1ᵀA = Tr GG_d.
-        stats = [(q * (P @ q)).sum(0) for P, q in zip(GG, state["Q"])]
+        stats = [kron.rotated_diagonal(q, P @ q) for P, q in zip(GG, state["Q"])]
         return second_moment.rank_one(stats, GG[0].diagonal().sum())
 
     # -- buckets ---------------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ class EigenAdafactor(BucketedSteps, Adafactor):
         return (gi, state["step"], layout.shape, layout.precond, state["exp_avg"].dtype, p.dtype, p.device,
                 "exp_avg_sq_factors" in state)
 
-    def _refresh_bucket(self, b: StateBucket, group: dict, buf: Tensor, tmp: Tensor) -> None:
+    def _refresh_bucket(self, b: Bucket, group: dict, buf: Tensor, tmp: Tensor) -> None:
         """:meth:`_refresh` for a bucket: one batched refresh per factor, the statistics permuted, the momentum
         rotated into the new basis in place (``buf``, ``tmp``: work buffers shaped like it)."""
         perms = b.refresh_(group["refresh"], group.get("qr_method", "cholesky"), buf=buf, tmp=tmp,
@@ -273,7 +273,7 @@ class EigenAdafactor(BucketedSteps, Adafactor):
         states = [self.state[p] for p in params]
         layout = self._layout(params[0], group)
         factored = "exp_avg_sq_factors" in states[0]
-        b = self._buckets.get(key[:1] + key[2:], params, states, lambda: StateBucket(
+        b = self._buckets.get(key[:1] + key[2:], params, states, lambda: Bucket(
             params, states, layout, tensors=("exp_avg",) if factored else ("exp_avg", "exp_avg_sq"),
             lists=("GG", "Q", "exp_avg_sq_factors") if factored else ("GG", "Q")))
         beta1, beta2 = group["betas"]
@@ -297,7 +297,7 @@ class EigenAdafactor(BucketedSteps, Adafactor):
         v_hat = buf2
         if group["statistics"] == "factors" and layout.n_precond == len(layout.shape) == 2:
             # diag(Q_dᵀ GG_d Q_d) and Tr GG_0 of each layer (see _second_moment)
-            stats = [(q * torch.bmm(P, q)).sum(-2) for P, q in zip(b.GG, b.Q)]
+            stats = [kron.rotated_diagonal(q, torch.bmm(P, q)) for P, q in zip(b.GG, b.Q)]
             total = b.GG[0].diagonal(dim1=-2, dim2=-1).sum(-1)
         elif factored:  # running statistics: means of g'² over the other dimension, per layer
             g2 = torch.mul(g_rot, g_rot, out=buf2)
@@ -311,9 +311,8 @@ class EigenAdafactor(BucketedSteps, Adafactor):
         bc1, bc2 = (1 - beta1**t, 1 - beta2**t) if group["correct_bias"] else (1.0, 1.0)
         if stats is None:
             torch.div(b.V, bc2, out=v_hat)
-        else:  # second_moment.rank_one per layer: A Cᵀ / total
-            torch.mul(stats[0].unsqueeze(-1), stats[1].unsqueeze(-2), out=v_hat)
-            v_hat.div_(total.clamp_min(torch.finfo(total.dtype).tiny).reshape(-1, 1, 1)).div_(bc2)
+        else:  # per layer: A Cᵀ / total
+            second_moment.rank_one(stats, total, out=v_hat).div_(bc2)
         denom = v_hat.sqrt_().add_(group["eps"])
         update = torch.div(b.M, bc1, out=buf3).div_(denom)
         if group["clip_threshold"] is not None:  # per layer

@@ -53,50 +53,102 @@ class Workspace:
 
 
 class Bucket:
-    """Stacked state of same-layout parameters.
+    """Stacked state of same-layout parameters (SOAP, Shampoo, EigenAdafactor).
 
-    Attributes:
+    Args:
         params: the parameters, in stacking order.
+        states: their state dicts.
         layout: their common :class:`soap_lab.kron.KronLayout` (rank 1 or 2).
-        M, V: stacked ``exp_avg`` and ``exp_avg_sq`` (batch, *layout.shape).
-        GG, Q: per layout dimension, stacked factors and bases (batch, n_d, n_d), or None. A refresh writes the
-            new bases into Q in place (so the per-parameter views stay valid).
+        tensors: names of per-parameter tensor entries (layout-shaped or per-coordinate), stacked to
+            (batch, ...); default SOAP's ``"exp_avg"``, ``"exp_avg_sq"``.
+        lists: names of per-parameter list entries with one optional tensor per layout dimension, stacked per
+            dimension: default ``"GG"``, ``"Q"``; also e.g. Shampoo's ``"D"``, Adafactor's ``"exp_avg_sq_factors"``.
+            An entry that is ``None`` as a whole (Shampoo's ``Q`` and ``D`` before preconditioning starts) stays
+            ``None`` until :meth:`replace` sets it.
+
+    Each state entry becomes a view of the stacked tensors (same names, same shapes), and :meth:`intact` is False
+    as soon as any entry is no longer the view handed out. ``stacked[name]`` holds the stacked tensor, list or
+    None; ``M``, ``V``, ``GG`` and ``Q`` name ``exp_avg``, ``exp_avg_sq``, ``GG`` and ``Q`` (None if absent). A
+    refresh writes new bases into Q in place (:meth:`refresh_`), so the views stay valid.
     """
 
-    def __init__(self, params: List[Tensor], states: List[dict], layout: kron.KronLayout):
+    def __init__(self, params: List[Tensor], states: List[dict], layout: kron.KronLayout, *,
+                 tensors: Sequence[str] = ("exp_avg", "exp_avg_sq"), lists: Sequence[str] = ("GG", "Q")):
         if len(layout.shape) > 2:
             raise ValueError("buckets hold rank-1 or rank-2 layouts only")
         self.params = list(params)
         self.layout = layout
-        self.M = torch.stack([st["exp_avg"] for st in states])
-        self.V = torch.stack([st["exp_avg_sq"] for st in states])
-        self.GG: List[Optional[Tensor]] = [_stack_or_none([st["GG"][d] for st in states]) for d in range(len(layout.shape))]
-        self.Q: List[Optional[Tensor]] = [_stack_or_none([st["Q"][d] for st in states]) for d in range(len(layout.shape))]
-        self._views = []
+        self.tensor_names = tuple(tensors)
+        self.list_names = tuple(lists)
+        self.stacked: dict = {}
+        for name in self.tensor_names:
+            self.stacked[name] = torch.stack([st[name] for st in states])
+        for name in self.list_names:
+            present = [st.get(name) is not None for st in states]
+            if not any(present):
+                self.stacked[name] = None
+                continue
+            if not all(present):
+                raise ValueError(f"state entry {name!r} is None for some members of a bucket only")
+            rank = len(states[0][name])
+            self.stacked[name] = [_stack_or_none([st[name][d] for st in states]) for d in range(rank)]
         for i, st in enumerate(states):
-            st["exp_avg"] = self.M[i]
-            st["exp_avg_sq"] = self.V[i]
-            st["GG"] = [None if x is None else x[i] for x in self.GG]
-            st["Q"] = [None if x is None else x[i] for x in self.Q]
-            self._views.append((st["exp_avg"], st["exp_avg_sq"], st["GG"], tuple(st["GG"]), st["Q"], tuple(st["Q"])))
+            for name in self.tensor_names:
+                st[name] = self.stacked[name][i]
+            for name in self.list_names:
+                if self.stacked[name] is not None:
+                    st[name] = [None if x is None else x[i] for x in self.stacked[name]]
+        self._records = [self._record(st) for st in states]
+
+    # The names the methods below use.
+    M = property(lambda self: self.stacked.get("exp_avg"))
+    V = property(lambda self: self.stacked.get("exp_avg_sq"))
+    GG = property(lambda self: self.stacked.get("GG"))
+    Q = property(lambda self: self.stacked.get("Q"))
+
+    def _record(self, st: dict) -> tuple:
+        lists = []
+        for name in self.list_names:
+            lst = st.get(name)
+            lists.append(None if lst is None else (lst, tuple(lst)))
+        return tuple(st.get(name) for name in self.tensor_names), tuple(lists)
+
+    def intact(self, states: List[dict]) -> bool:
+        """True if every state entry is still the view (or None) this bucket handed out."""
+        if len(states) != len(self._records):
+            return False
+        for st, (tensors, lists) in zip(states, self._records):
+            if any(st.get(name) is not x for name, x in zip(self.tensor_names, tensors)):
+                return False
+            for name, rec in zip(self.list_names, lists):
+                lst = st.get(name)
+                if rec is None:
+                    if lst is not None:
+                        return False
+                    continue
+                if lst is not rec[0] or len(lst) != len(rec[1]) or any(a is not b for a, b in zip(lst, rec[1])):
+                    return False
+        return True
+
+    def replace(self, name: str, new: List[Optional[Tensor]], states: List[dict]) -> None:
+        """Adopt freshly computed stacked tensors for list entry ``name`` (a refresh) without copying them: each
+        parameter's ``state[name][d]`` is re-pointed to a view of ``new[d]`` (dimensions where ``new[d]`` is None
+        keep their tensor; an entry that was None as a whole becomes a new list)."""
+        old = self.stacked[name]
+        merged = list(new) if old is None else [o if n is None else n for o, n in zip(old, new)]
+        self.stacked[name] = merged
+        for i, st in enumerate(states):
+            if old is None:
+                st[name] = [None if x is None else x[i] for x in merged]
+            else:
+                lst = st[name]
+                for d, n in enumerate(new):
+                    if n is not None:
+                        lst[d] = n[i]
+        self._records = [self._record(st) for st in states]
 
     def __len__(self) -> int:
         return len(self.params)
-
-    def intact(self, states: List[dict]) -> bool:
-        """True if every state entry is still the view this bucket handed out (so the bucket is current)."""
-        if len(states) != len(self._views):
-            return False
-        for st, (m, v, gg_list, gg, q_list, q) in zip(states, self._views):
-            if st.get("exp_avg") is not m or st.get("exp_avg_sq") is not v:
-                return False
-            if st.get("GG") is not gg_list or st.get("Q") is not q_list:
-                return False
-            if len(gg_list) != len(gg) or any(a is not b for a, b in zip(gg_list, gg)):
-                return False
-            if len(q_list) != len(q) or any(a is not b for a, b in zip(q_list, q)):
-                return False
-        return True
 
     # -- rotations ---------------------------------------------------------------------------------------
     def rotate(self, x: Tensor, out: Tensor, tmp: Tensor, *, back: bool = False,
@@ -150,7 +202,7 @@ class Bucket:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Shared by every bucketed optimizer: the bucket cache, buckets of any named state
+# The bucket cache, shared by every bucketed optimizer
 # ----------------------------------------------------------------------------------------------------------
 class BucketCache:
     """The optimizer's buckets, by key (everything that makes parameters stackable but the step count) and
@@ -186,97 +238,3 @@ class BucketCache:
         for p in params:
             self._bucket_of[id(p)] = bkey
         return bucket
-
-
-class StateBucket(Bucket):
-    """A :class:`Bucket` whose stacked entries are given by name (Shampoo, EigenAdafactor).
-
-    Args:
-        params, states, layout: as for :class:`Bucket`.
-        tensors: names of per-parameter tensor entries (layout-shaped or per-coordinate), stacked to
-            (batch, ...): e.g. ``"exp_avg"``, ``"exp_avg_sq"``.
-        lists: names of per-parameter list entries with one optional tensor per layout dimension, stacked per
-            dimension: e.g. ``"GG"``, ``"Q"``, ``"D"``, ``"exp_avg_sq_factors"``. An entry that is ``None`` as a
-            whole (Shampoo's ``Q`` and ``D`` before preconditioning starts) stays ``None`` until
-            :meth:`replace` sets it.
-
-    As in :class:`Bucket`, each state entry becomes a view of the stacked tensors (same names, same shapes), and
-    :meth:`intact` is False as soon as any entry is no longer the view handed out. ``stacked[name]`` holds the
-    stacked tensor, list or None; ``M``, ``V``, ``GG`` and ``Q`` name ``exp_avg``, ``exp_avg_sq``, ``GG`` and
-    ``Q`` (None if absent), so :meth:`Bucket.rotate` and :meth:`Bucket.update_factors_` work unchanged.
-    """
-
-    def __init__(self, params: List[Tensor], states: List[dict], layout: kron.KronLayout, *,
-                 tensors: Sequence[str] = ("exp_avg",), lists: Sequence[str] = ("GG", "Q")):
-        if len(layout.shape) > 2:
-            raise ValueError("buckets hold rank-1 or rank-2 layouts only")
-        self.params = list(params)
-        self.layout = layout
-        self.tensor_names = tuple(tensors)
-        self.list_names = tuple(lists)
-        self.stacked: dict = {}
-        for name in self.tensor_names:
-            self.stacked[name] = torch.stack([st[name] for st in states])
-        for name in self.list_names:
-            present = [st.get(name) is not None for st in states]
-            if not any(present):
-                self.stacked[name] = None
-                continue
-            if not all(present):
-                raise ValueError(f"state entry {name!r} is None for some members of a bucket only")
-            rank = len(states[0][name])
-            self.stacked[name] = [_stack_or_none([st[name][d] for st in states]) for d in range(rank)]
-        for i, st in enumerate(states):
-            for name in self.tensor_names:
-                st[name] = self.stacked[name][i]
-            for name in self.list_names:
-                if self.stacked[name] is not None:
-                    st[name] = [None if x is None else x[i] for x in self.stacked[name]]
-        self._records = [self._record(st) for st in states]
-
-    # The names Bucket's methods use.
-    M = property(lambda self: self.stacked.get("exp_avg"))
-    V = property(lambda self: self.stacked.get("exp_avg_sq"))
-    GG = property(lambda self: self.stacked.get("GG"))
-    Q = property(lambda self: self.stacked.get("Q"))
-
-    def _record(self, st: dict) -> tuple:
-        lists = []
-        for name in self.list_names:
-            lst = st.get(name)
-            lists.append(None if lst is None else (lst, tuple(lst)))
-        return tuple(st.get(name) for name in self.tensor_names), tuple(lists)
-
-    def intact(self, states: List[dict]) -> bool:
-        """True if every state entry is still the view (or None) this bucket handed out."""
-        if len(states) != len(self._records):
-            return False
-        for st, (tensors, lists) in zip(states, self._records):
-            if any(st.get(name) is not x for name, x in zip(self.tensor_names, tensors)):
-                return False
-            for name, rec in zip(self.list_names, lists):
-                lst = st.get(name)
-                if rec is None:
-                    if lst is not None:
-                        return False
-                    continue
-                if lst is not rec[0] or len(lst) != len(rec[1]) or any(a is not b for a, b in zip(lst, rec[1])):
-                    return False
-        return True
-
-    def replace(self, name: str, new: List[Optional[Tensor]], states: List[dict]) -> None:
-        """Adopt freshly computed stacked tensors for list entry ``name`` (a refresh) without copying them: each
-        parameter's ``state[name][d]`` is re-pointed to a view of ``new[d]`` (dimensions where ``new[d]`` is None
-        keep their tensor; an entry that was None as a whole becomes a new list)."""
-        old = self.stacked[name]
-        merged = list(new) if old is None else [o if n is None else n for o, n in zip(old, new)]
-        self.stacked[name] = merged
-        for i, st in enumerate(states):
-            if old is None:
-                st[name] = [None if x is None else x[i] for x in merged]
-            else:
-                lst = st[name]
-                for d, n in enumerate(new):
-                    if n is not None:
-                        lst[d] = n[i]
-        self._records = [self._record(st) for st in states]

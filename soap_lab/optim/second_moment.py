@@ -51,15 +51,24 @@ def estimate(state: Dict[str, object]) -> Tensor:
     return rank_one(factors, factors[0].mean())  # mean(V) = mean of every r_d
 
 
-def rank_one(stats: Sequence[Tensor], total: Tensor) -> Tensor:
+def rank_one(stats: Sequence[Tensor], total: Tensor, out: Optional[Tensor] = None) -> Tensor:
     """Adafactor's estimate from per-dimension statistics: ``Π_d stats[d] / total^(k-1)`` (broadcast outer
     product). For a matrix with row sums A, column sums C and ``total = 1ᵀA`` this is A Cᵀ / 1ᵀA; means
-    (with ``total`` the overall mean) give the same V̂. A zero ``total`` gives V̂ = 0, not NaN."""
+    (with ``total`` the overall mean) give the same V̂. A zero ``total`` gives V̂ = 0, not NaN.
+
+    Stacks: with ``stats[d]`` of shape (batch, n_d) and ``total`` of shape (batch,), one estimate per layer.
+    ``out`` (for a matrix) receives the result without a temporary."""
     k = len(stats)
-    v_hat = stats[0].reshape((-1,) + (1,) * (k - 1))
-    for d in range(1, k):
-        v_hat = v_hat * stats[d].reshape((1,) * d + (-1,) + (1,) * (k - d - 1))
-    return v_hat / total.pow(k - 1).clamp_min(torch.finfo(total.dtype).tiny)
+    lead = tuple(total.shape)
+    col = lambda d: stats[d].reshape(lead + (1,) * d + (-1,) + (1,) * (k - d - 1))  # noqa: E731
+    if out is not None and k == 2:
+        v_hat = torch.mul(col(0), col(1), out=out)
+    else:
+        v_hat = col(0)
+        for d in range(1, k):
+            v_hat = v_hat * col(d)
+    denom = total.pow(k - 1).clamp_min(torch.finfo(total.dtype).tiny).reshape(lead + (1,) * k)
+    return v_hat.div_(denom) if v_hat is out else v_hat / denom
 
 
 def permute_(state: Dict[str, object], perms: Sequence[Optional[Tensor]]) -> None:

@@ -37,7 +37,7 @@ import torch
 
 from .. import kron
 from .base import BucketedSteps, LabOptimizer
-from .buckets import BucketCache, StateBucket, Workspace
+from .buckets import Bucket, BucketCache, Workspace
 
 Tensor = torch.Tensor
 
@@ -110,6 +110,36 @@ class Shampoo(BucketedSteps, LabOptimizer):
         return kron.make_layout(p.shape, max_precond_dim=group["max_precond_dim"],
                                 precondition_1d=group["precondition_1d"])
 
+    # -- the rule inside the basis, shared by the per-parameter and the bucketed step (stacks: leading batch dim)
+    @staticmethod
+    def _eigen(GG: kron.Bases, bc2: float) -> Tuple[kron.Bases, kron.Bases]:
+        """Eigenvalues (clipped at 0) and eigenbases of the bias-corrected factors ``GG[d] / bc2``."""
+        eig = [None if P is None else kron.eigh_descending(P / bc2, return_eigenvalues=True) for P in GG]
+        return [None if e is None else e[0].clamp_min(0) for e in eig], [None if e is None else e[1] for e in eig]
+
+    @staticmethod
+    def _scale(D: kron.Bases, group: dict, layout: kron.KronLayout, like: Tensor) -> Tensor:
+        """Shampoo's per-coordinate scale in the eigenbasis, (λ_i + ε)^-e (μ_j + ε)^-e (times (Tr GG)^((k−1)/2)
+        with ``trace_scaling``), shaped to broadcast against the layout (with the stacks' batch dimension)."""
+        ndim = len(layout.shape)
+        scale = torch.ones((), dtype=like.dtype, device=like.device)
+        for d, lam in enumerate(D):
+            if lam is not None:
+                s = (lam + group["eps"]).pow(-group["exponent"])
+                scale = scale * s.reshape(s.shape[:-1] + (1,) * d + (-1,) + (1,) * (ndim - d - 1))
+        scale = torch.nan_to_num(scale, nan=0.0, posinf=0.0)
+        if group["trace_scaling"]:
+            trace = next(lam for lam in D if lam is not None).sum(-1)  # one trace per layer
+            scale = scale * trace.pow((layout.n_precond - 1) / 2).reshape(trace.shape + (1,) * ndim)
+        return scale
+
+    @staticmethod
+    def _graft(update: Tensor, adam: Tensor, ndim: int) -> Tensor:
+        """Layer-wise grafting factor ‖adam‖ / ‖update‖, the norms taken over each layer's last ``ndim`` dims."""
+        dims = tuple(range(update.dim() - ndim, update.dim()))
+        norm = torch.linalg.vector_norm(update, dim=dims, keepdim=True)
+        return torch.linalg.vector_norm(adam, dim=dims, keepdim=True) / norm.clamp_min(torch.finfo(update.dtype).tiny)
+
     # -- buckets ---------------------------------------------------------------------------------------
     def _bucket_key(self, gi: int, group: dict, p: Tensor):
         """Parameters with equal keys are stepped together (:meth:`_update_bucket`); None: per parameter."""
@@ -128,7 +158,7 @@ class Shampoo(BucketedSteps, LabOptimizer):
         params = [p for p, _ in members]
         states = [self.state[p] for p in params]
         layout = self._layout(params[0], group)
-        b = self._buckets.get(key[:1] + key[2:], params, states, lambda: StateBucket(
+        b = self._buckets.get(key[:1] + key[2:], params, states, lambda: Bucket(
             params, states, layout, tensors=("exp_avg", "exp_avg_sq"), lists=("GG", "Q", "D")))
         t = states[0]["step"] + 1
         for st in states:
@@ -151,36 +181,14 @@ class Shampoo(BucketedSteps, LabOptimizer):
             update = adam
         else:
             if b.Q is None or (t - start) % group["precondition_frequency"] == 0:
-                new_D, new_Q = [], []
-                for P in b.GG:
-                    if P is None:
-                        new_D.append(None)
-                        new_Q.append(None)
-                    else:
-                        lam, q = kron.eigh_descending(P / bc2, return_eigenvalues=True)
-                        new_D.append(lam.clamp_min(0))
-                        new_Q.append(q)
+                new_D, new_Q = self._eigen(b.GG, bc2)  # one batched eigh per factor
                 b.replace("D", new_D, states)
                 b.replace("Q", new_Q, states)
-            D = b.stacked["D"]
-            scale = torch.ones((), dtype=b.M.dtype, device=b.M.device)
-            for d, lam in enumerate(D):
-                if lam is not None:
-                    shape = [len(b), 1, 1]
-                    shape[d + 1] = -1
-                    scale = scale * (lam + group["eps"]).pow(-group["exponent"]).reshape(shape)
-            scale = torch.nan_to_num(scale, nan=0.0, posinf=0.0)
-            if group["trace_scaling"]:
-                trace = next(lam for lam in D if lam is not None).sum(-1)  # one trace per layer
-                scale = scale * trace.pow((layout.n_precond - 1) / 2).reshape(-1, 1, 1)
             rotated = b.rotate(m_hat, out=G, tmp=tmp)
-            rotated.mul_(scale)
+            rotated.mul_(self._scale(b.stacked["D"], group, layout, rotated))
             update = b.rotate(rotated, out=m_hat, tmp=tmp, back=True)
             if group["grafting"] == "adam":  # per layer: norms over each matrix, not over the stack
-                dims = tuple(range(1, update.dim()))
-                norm = torch.linalg.vector_norm(update, dim=dims, keepdim=True)
-                update.mul_(torch.linalg.vector_norm(adam, dim=dims, keepdim=True)
-                            / norm.clamp_min(torch.finfo(update.dtype).tiny))
+                update.mul_(self._graft(update, adam, len(layout.shape)))
         ups = [update[i].reshape(p.shape) for i, p in enumerate(params)]
         self._apply_updates(params, ups, group["lr"], group["lr"], group["weight_decay"])
 
@@ -212,22 +220,9 @@ class Shampoo(BucketedSteps, LabOptimizer):
             update = adam
         else:
             if state["Q"] is None or (t - start) % group["precondition_frequency"] == 0:
-                eig = [None if P is None else kron.eigh_descending(P / bc2, return_eigenvalues=True)
-                       for P in state["GG"]]
-                state["D"] = [None if e is None else e[0].clamp_min(0) for e in eig]
-                state["Q"] = [None if e is None else e[1] for e in eig]
-            # Inside the basis: Shampoo's per-coordinate scale (λ_i + ε)^-e (μ_j + ε)^-e.
-            scale = torch.ones((), dtype=dtype, device=p.device)
-            for d, lam in enumerate(state["D"]):
-                if lam is not None:
-                    shape = [1] * g.dim()
-                    shape[d] = -1
-                    scale = scale * (lam + group["eps"]).pow(-group["exponent"]).reshape(shape)
-            scale = torch.nan_to_num(scale, nan=0.0, posinf=0.0)
-            if group["trace_scaling"]:
-                trace = next(lam for lam in state["D"] if lam is not None).sum()
-                scale = scale * trace.pow((layout.n_precond - 1) / 2)
+                state["D"], state["Q"] = self._eigen(state["GG"], bc2)
+            scale = self._scale(state["D"], group, layout, m_hat)
             update = kron.project_back(kron.project(m_hat, state["Q"]) * scale, state["Q"])
             if group["grafting"] == "adam":
-                update = update * (adam.norm() / update.norm().clamp_min(torch.finfo(dtype).tiny))
+                update = update * self._graft(update, adam, g.dim())
         self._apply_update(p, update, group["lr"], group["lr"], group["weight_decay"])
