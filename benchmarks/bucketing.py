@@ -44,11 +44,11 @@ OPTIMIZERS = ("shampoo", "eigen_adafactor")
 HP = dict(lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01)
 
 
-def build(name: str, params: List[torch.nn.Parameter], f: int, bucket: bool):
+def build(name: str, params: List[torch.nn.Parameter], f: int, bucket: bool, max_precond_dim: int = 10000):
     from soap_lab import EigenAdafactor, Shampoo
 
     cls = {"shampoo": Shampoo, "eigen_adafactor": EigenAdafactor}[name]
-    return cls(params, precondition_frequency=f, max_precond_dim=10000, bucket=bucket, **HP)
+    return cls(params, precondition_frequency=f, max_precond_dim=max_precond_dim, bucket=bucket, **HP)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -68,7 +68,7 @@ def run(args) -> Dict:
     params, opts = {}, {}
     for e in entries:
         params[e] = [torch.nn.Parameter(x.clone()) for x in init]
-        opts[e] = build(e[0], params[e], f, e[1])
+        opts[e] = build(e[0], params[e], f, e[1], args.max_precond_dim)
 
     gradients = open_loop_gradients(shapes, device)  # as in step_time.py
 
@@ -110,6 +110,7 @@ def run(args) -> Dict:
             "ms_refresh_step": 1e3 * statistics.median(max(win(ts, i)) for i in range(windows)),
             "windows_ms": [round(1e3 * m, 1) for m in means[e]],
             "n_buckets": len(opts[e]._buckets),
+            "bucket_sizes": sorted((len(b.params) for b in opts[e]._buckets.values()), reverse=True),
             "max_rel_diff_to_unbucketed": diff,
         })
     for name in args.optimizers:
@@ -161,6 +162,7 @@ def parse(argv=None) -> argparse.Namespace:
     add_common_args(p, "bucketing_<params>_f<f>.json and .md there")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 2 windows of f)")
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS, metavar="NAME")
+    p.add_argument("--max-precond-dim", type=int, default=10000, help="sides above it stay unrotated (default 10000)")
     return checked_args(p, argv, lambda a: 2 * a.f)
 
 

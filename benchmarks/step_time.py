@@ -78,6 +78,9 @@ PARAM_SETS: Dict[str, Dict] = {
     "gpt124m": dict(n_layer=12, d=768, vocab=50257, n_pos=1024),
     # A smoke-test size (tests/test_benchmarks.py): every code path in seconds.
     "tiny": dict(n_layer=1, d=32, vocab=65, n_pos=16),
+    # Smoke test of bucketing (tests/test_buckets_shampoo.py): two layers, so every matrix shape has a bucket of
+    # two; with --max-precond-dim 32 only 32-sized sides rotate and every factor is full rank (well posed).
+    "tiny2": dict(n_layer=2, d=32, vocab=65, n_pos=64),
 }
 
 

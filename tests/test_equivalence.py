@@ -4,7 +4,7 @@ import torch
 
 from soap_lab import EigenAdafactor, Shampoo
 from soap_lab import equivalence as eq
-from helpers import rel
+from helpers import one_ulp, rel
 
 F64 = torch.float64
 
@@ -94,15 +94,21 @@ def _mlp():
     ).to(F64)
 
 
-def _train(opt_factory, steps=25):
+def _train(opt_factory, steps=25, perturb=False):
     """A small real model: a 2-layer MLP regression. Square 16×16 layers, isotropic inputs and 64-sample
     batches keep every factor full rank and well conditioned from the first step: with eps=0 a
     rank-deficient factor has no inverse root, and an ill-conditioned first factor makes idealized
-    Shampoo^½ take a huge first step along its smallest singular direction."""
+    Shampoo^½ take a huge first step along its smallest singular direction. ``perturb``: data and initial
+    weights moved by one ulp (the well-posedness guard)."""
     g = torch.Generator().manual_seed(0)
     X = torch.randn(512, 16, generator=g, dtype=F64)
     Y = torch.tanh(X @ torch.randn(16, 16, generator=g, dtype=F64))
     model = _mlp()
+    if perturb:
+        X, Y = one_ulp(X, 1), one_ulp(Y, 2)
+        with torch.no_grad():
+            for k, w in enumerate(model.parameters()):
+                w.copy_(one_ulp(w, 3 + k))
     opt = opt_factory(model.parameters())
     losses = []
     for _ in range(steps):
@@ -129,6 +135,9 @@ def test_trajectory_eigen_adafactor_equals_shampoo_half():
     a, losses = _train(lambda ps: Shampoo(ps, **SHAMPOO_HALF))
     b, _ = _train(lambda ps: EigenAdafactor(ps, **EIGEN_ADAFACTOR_IDEAL))
     assert losses[-1] < 0.95 * losses[0]  # it trains
+    # well posed: a 1-ulp change of the data and the initial weights moves the run far less than the bound
+    moved, _ = _train(lambda ps: Shampoo(ps, **SHAMPOO_HALF), perturb=True)
+    assert max(rel(x, y) for x, y in zip(a, moved)) <= 1e-9
     assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-8
 
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from soap_lab import SOAP, Adafactor, EigenAdafactor, Shampoo, kron
-from helpers import open_loop_grads
+from helpers import init_values, open_loop_grads
 
 OPTIMIZERS = {
     "soap": lambda ps, **kw: SOAP(ps, precondition_frequency=2, **kw),
@@ -20,16 +20,16 @@ OPTIMIZERS = {
 NAMES = sorted(OPTIMIZERS)
 
 
-def _params(dtype=torch.float32):
-    torch.manual_seed(0)
-    return [torch.nn.Parameter(torch.randn(6, 5, dtype=dtype)), torch.nn.Parameter(torch.randn(5, dtype=dtype)),
-            torch.nn.Parameter(torch.randn(3, 4, 2, dtype=dtype))]
+def _params(dtype=torch.float32, scale=1.0):
+    return [torch.nn.Parameter(x * scale) for x in init_values([(6, 5), (5,), (3, 4, 2)], seed=0, dtype=dtype)]
 
 
-def _feed(params, opt, steps, seed=0):
+def _feed(params, opt, steps, seed=0, grad_dtype=None):
+    """Open-loop gradients, in the parameter's dtype; ``grad_dtype``: rounded to that dtype first (so a float32
+    run can be fed exactly the gradients a low-precision run sees)."""
     for row in open_loop_grads([tuple(p.shape) for p in params], steps, seed=seed, dtype=torch.float32):
         for p, g in zip(params, row):
-            p.grad = g.to(p.dtype)
+            p.grad = (g if grad_dtype is None else g.to(grad_dtype)).to(p.dtype)
         opt.step()
 
 
@@ -118,15 +118,23 @@ def test_eigh_fallback_chain():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", NAMES)
 def test_low_precision_parameters_use_fp32_state(name, dtype):
-    params = _params(dtype)
+    """Low-precision weights, float32 state: the run equals a float32 run up to rounding the weights once per
+    step. Small weights and a large lr make the movement dwarf that bound, so a path that never updated (or
+    updated in low precision) fails."""
+    steps = 6
+    params = _params(dtype, scale=0.1)
     ref = [torch.nn.Parameter(p.detach().float()) for p in params]
-    opt, ref_opt = OPTIMIZERS[name](params, lr=1e-2), OPTIMIZERS[name](ref, lr=1e-2)
-    _feed(params, opt, 6)
-    _feed(ref, ref_opt, 6)
-    for p, r in zip(params, ref):
+    start = [p.detach().float().clone() for p in params]
+    opt, ref_opt = OPTIMIZERS[name](params, lr=0.1), OPTIMIZERS[name](ref, lr=0.1)
+    _feed(params, opt, steps)
+    _feed(ref, ref_opt, steps, grad_dtype=dtype)  # the same (rounded) gradients
+    for p, r, p0 in zip(params, ref, start):
         assert p.dtype == dtype and torch.isfinite(p).all()
-        # Gradients are open loop, so the runs differ only by rounding the weights once per step (≤ ulp/2 each):
-        bound = 6 * torch.finfo(dtype).eps * float(r.detach().abs().max())
+        # Gradients are open loop, so the runs differ only by rounding the weights once per step (≤ ulp/2 each,
+        # plus weight decay acting on the rounded weights): 2× that as the bound.
+        bound = steps * torch.finfo(dtype).eps * float(r.detach().abs().max())
+        moved = float((r.detach() - p0).abs().max())
+        assert moved >= 5 * bound, (moved, bound)
         assert float((p.detach().float() - r.detach()).abs().max()) <= bound
     for st_ in opt.state.values():
         for v in st_.values():
@@ -179,7 +187,10 @@ def test_property_any_shape_and_dtype(shape, max_dim, dtype, name, merge, precon
             assert float((q.T @ q - eye).abs().max()) < 1e-4
     for P in st_.get("GG") or []:
         if P is not None:
-            assert P.shape[0] <= max_dim and torch.allclose(P, P.T)
+            # symmetric up to round-off: a GEMM's error in entry (i, j) is bounded relative to Σ_k |a_ik||a_jk|,
+            # not to |c_ij| (an elementwise-relative test fails on small off-diagonal entries on some CPUs)
+            bound = 64 * torch.finfo(P.dtype).eps * float(P.diagonal().abs().max())
+            assert P.shape[0] <= max_dim and float((P - P.T).abs().max()) <= bound
 
 
 def test_invalid_hyperparameters_are_rejected():

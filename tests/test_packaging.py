@@ -54,3 +54,16 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert float(namespace["loss"].detach()) < 2.3  # below chance level (ln 10 ≈ 2.30) after 100 steps
     assert (tmp_path / "opt.pt").exists()
+
+
+def test_license_and_citation_match_the_project():
+    """The files a research repo carries: the license pyproject declares, a CITATION.cff naming the paper."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"]["text"] in (ROOT / "LICENSE").read_text()
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == project["license"]["text"]
+    assert cff["version"] == project["version"]
+    paper = cff["preferred-citation"]
+    assert paper["title"].startswith("SOAP: Improving and Stabilizing Shampoo using Adam")
+    assert any("2409.11321" in i["value"] for i in paper["identifiers"])
+    assert paper["authors"][0]["family-names"] == "Vyas"
