@@ -35,18 +35,19 @@ STEPS = 27  # f = 3: 9 refreshes
 TOL = 1e-12
 
 
-SHAMPOO_CASES = {  # name: (options, tolerance)
-    "quarter-grafting": (dict(exponent=0.25, grafting="adam", betas=(0.9, 0.95)), TOL),
-    # Inverse square roots (eps 1e-6, no grafting) of a first factor built from one gradient amplify round-off:
-    # a 1-ulp change of the inputs moves this run by ≈ 5e-13 (measured, MKL_CBWR=COMPATIBLE), so 1e-10.
-    "half-trace-no-grafting": (dict(exponent=0.5, trace_scaling=True, grafting=None, eps=1e-6,
-                                    start_preconditioning_step=1), 1e-10),
-    "wd-no-bias-correction": (dict(exponent=0.4, weight_decay=0.1, correct_bias=False, betas=(0.9, 0.99)), TOL),
+SHAMPOO_CASES = {
+    "quarter-grafting": dict(exponent=0.25, grafting="adam", betas=(0.9, 0.95)),
+    # Preconditioning from call 2: the inverse square root (eps 1e-6, no grafting) of a first factor built from a
+    # single gradient amplifies round-off (1-ulp sensitivity 5e-13 … 9e-12 across MKL settings, measured);
+    # from two gradients on it is 2.5e-16.
+    "half-trace-no-grafting": dict(exponent=0.5, trace_scaling=True, grafting=None, eps=1e-6,
+                                   start_preconditioning_step=2),
+    "wd-no-bias-correction": dict(exponent=0.4, weight_decay=0.1, correct_bias=False, betas=(0.9, 0.99)),
 }
 
 
-@pytest.mark.parametrize("kw,tol", SHAMPOO_CASES.values(), ids=SHAMPOO_CASES.keys())
-def test_shampoo_bucketed_equals_unbucketed_float64(kw, tol):
+@pytest.mark.parametrize("kw", SHAMPOO_CASES.values(), ids=SHAMPOO_CASES.keys())
+def test_shampoo_bucketed_equals_unbucketed_float64(kw):
     init = init_values(SHAPES, seed=40)
     grads = open_loop_grads(SHAPES, STEPS, seed=41)
     make = lambda bucket: lambda ps: Shampoo(ps, lr=1e-2, precondition_frequency=3,  # noqa: E731
@@ -56,9 +57,9 @@ def test_shampoo_bucketed_equals_unbucketed_float64(kw, tol):
     assert len(oa._buckets) >= 5 and not ob._buckets  # the buckets were really used (and only there)
     assert all(isinstance(bk, Bucket) for bk in oa._buckets.values())
     assert max_rel(a, init) > 1e-3
-    sensitivity = assert_well_posed(make(False), init, grads, tol)
-    assert max_rel(a, b) <= tol, (max_rel(a, b), sensitivity)
-    state_close(oa, a, ob, b, tol)
+    sensitivity = assert_well_posed(make(False), init, grads, TOL)
+    assert max_rel(a, b) <= TOL, (max_rel(a, b), sensitivity)
+    state_close(oa, a, ob, b, TOL)
 
 
 EIGEN_CASES = {
@@ -96,11 +97,12 @@ def test_claim1_trajectory_holds_bucketed():
     c, _ = _train(lambda ps: Shampoo(ps, bucket=False, **SHAMPOO_HALF))
     assert losses[-1] < 0.95 * losses[0]
     assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-8
-    # Bucketed vs per-parameter: a closed-loop run with eps = 0 inverse roots amplifies round-off; a 1-ulp change
-    # of the data moves it by ≈ 2e-12 (measured), so the paths are compared at 1e-10 with that guard.
+    # Bucketed vs per-parameter: this closed-loop run with eps = 0 inverse roots refreshed every step amplifies
+    # round-off; a 1-ulp change of the data moves it by 2e-12 … 1.5e-11 across MKL settings (measured), so the
+    # paths are compared at 1e-9 with a guard at 1e-10.
     moved, _ = _train(lambda ps: Shampoo(ps, bucket=False, **SHAMPOO_HALF), perturb=True)
-    assert max(rel(x, y) for x, y in zip(c, moved)) <= 1e-11
-    assert max(rel(x, y) for x, y in zip(a, c)) <= 1e-10
+    assert max(rel(x, y) for x, y in zip(c, moved)) <= 1e-10
+    assert max(rel(x, y) for x, y in zip(a, c)) <= 1e-9
 
 
 @pytest.mark.parametrize("cls,kw,names", [
