@@ -1,6 +1,6 @@
 """SOAP under ZeRO-1 vs plain data parallelism: optimizer step time, state and broadcast bytes per rank.
 
-N processes (torchrun, gloo on CPU, one thread each by default) hold the same parameters and, at every step,
+N processes (forked, gloo on CPU, one thread each by default) hold the same parameters and, at every step,
 the same open-loop gradients (as after DDP's all-reduce; ``step_time.open_loop_gradients``). Three ways to
 run the optimizer, each on its own copy of the parameters, interleaved step by step (the order rotates):
 
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,16 +53,16 @@ def _build(mode: str, params: List[torch.nn.Parameter], f: int):
                                 precondition_frequency=f, **HP)
 
 
-def worker(args) -> None:
-    """One rank (under torchrun): run every mode, gather the timings on rank 0, which writes ``args.result``."""
+def worker(rank: int, args, tmp: str) -> None:
+    """One rank: run every mode, gather the timings on rank 0, which writes ``<tmp>/result.json``."""
     import torch.distributed as dist
 
     from soap_lab.optim.zero import local_optimizer
     from soap_lab.train import optimizer_state_bytes
 
-    torch.set_num_threads(args.threads or 1)
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(args.threads)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=args.world)
+    world = dist.get_world_size()
     shapes = [s for _, s in gpt_shapes(**PARAM_SETS[args.params])]
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen) * 0.02 for s in shapes]
@@ -103,7 +102,7 @@ def worker(args) -> None:
     if rank == 0:
         res = summarize(args, gathered, shapes, time.perf_counter() - t_start)
         res["zero_partitions_same_params"] = same
-        Path(args.result).write_text(json.dumps(res))
+        Path(tmp, "result.json").write_text(json.dumps(res))
     dist.destroy_process_group()
 
 
@@ -182,8 +181,6 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="directory: write zero_<params>_f<f>.json and .md there")
     p.add_argument("--tag", default="", help="suffix for the output files' names")
     p.add_argument("--verbose", action="store_true", help="progress on stderr")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by main() for torchrun
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.world < 2:
         p.error("--world must be >= 2 (ZeRO with one process has nothing to divide)")
@@ -194,21 +191,21 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    if args.worker:
-        worker(args)
-        return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.world),
-               __file__, "--worker", "--result", str(result), "--params", args.params, "--f", str(args.f),
-               "--steps", str(args.steps), "--threads", str(args.threads), "--world", str(args.world)]
-        cmd += ["--verbose"] if args.verbose else []
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=not args.verbose, text=True)
-        if p.returncode != 0:
-            sys.stderr.write((p.stdout or "")[-3000:] + (p.stderr or "")[-3000:])
-            return p.returncode
-        res = json.loads(result.read_text())
+    import torch.multiprocessing as mp
+
+    import soap_lab.optim.zero  # noqa: F401  (imported once, here, rather than by every rank)
+    import soap_lab.train  # noqa: F401
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # before forking: the ranks inherit it
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            # fork: the ranks start at once, with this process's imports (a fresh interpreter per rank spends
+            # seconds importing torch); the process group meets through a file in tmp.
+            mp.start_processes(worker, args=(args, tmp), nprocs=args.world, join=True, start_method="fork")
+            res = json.loads(Path(tmp, "result.json").read_text())
+    finally:
+        torch.set_num_threads(threads)
     return report(res, table, args, "zero")
 
 
