@@ -70,7 +70,7 @@ def measure(args) -> Dict:
     rows = []
     for world in args.worlds:
         by_numel = cost.numel_partition([math.prod(s) for s in shapes], world)
-        by_cost = cost.balanced_partition(e_costs, world, keys=shapes)
+        by_cost = cost.balanced_partition(e_costs, world, keys=shapes, numels=[math.prod(s) for s in shapes])
         rows.append({"world": world,
                      "numel_measured": cost.imbalance(m_costs, by_numel), "cost_measured": cost.imbalance(m_costs, by_cost),
                      "numel_estimated": cost.imbalance(e_costs, by_numel), "cost_estimated": cost.imbalance(e_costs, by_cost)})

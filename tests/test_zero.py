@@ -31,6 +31,7 @@ OPTIMIZERS = {
     "soap": dict(lr=0.02, weight_decay=0.01, **COMMON),
     "shampoo": dict(lr=0.02, weight_decay=0.01, **COMMON),  # eigh refresh from step f on, Adam grafting
     "eigen_adafactor": dict(lr=0.02, weight_decay=0.01, **COMMON),
+    "soap_groups": dict(lr=0.02, weight_decay=0.01, **COMMON),  # SOAP with two parameter groups (see build)
 }
 STEPS, CKPT = 8, 5  # calls to step(); the checkpoint is taken after CKPT calls (mid-way between refreshes)
 TOL = 1e-10
@@ -76,6 +77,15 @@ def problem(ulp: bool = False):
     return [nudge(x) for x in init], gradients
 
 
+def build(name: str, params, zero: bool = False, **kw):
+    """The optimizer ``name`` of OPTIMIZERS over ``params``, plain or under ZeRO."""
+    make = build_zero_optimizer if zero else build_optimizer
+    if name == "soap_groups":  # the second group: other lr, no weight decay
+        groups = [{"params": params[:5]}, {"params": params[5:], "lr": 0.005, "weight_decay": 0.0}]
+        return make("soap", groups, **OPTIMIZERS[name], **kw)
+    return make(name, params, **OPTIMIZERS[name], **kw)
+
+
 def run_steps(opt, params, gradients, start: int, stop: int) -> None:
     for t in range(start, stop):
         for p, g in zip(params, gradients(t)):
@@ -87,7 +97,7 @@ def single(name: str, stop: int = STEPS, ulp: bool = False, resume=None):
     """Final parameters of one process; ``resume=(params, state_dict)`` continues a run saved after CKPT calls."""
     init, gradients = problem(ulp)
     params = [torch.nn.Parameter(x.clone()) for x in init]
-    opt = build_optimizer(name, params, **OPTIMIZERS[name])
+    opt = build(name, params)
     start = 0
     if resume is not None:
         with torch.no_grad():
@@ -115,7 +125,7 @@ def _worker(rank: int, root: str) -> None:
         init, gradients = problem()
         # A ZeRO run from the start, consolidated after CKPT calls.
         params = [torch.nn.Parameter(x.clone()) for x in init]
-        opt = build_zero_optimizer(name, params, **OPTIMIZERS[name])
+        opt = build(name, params, zero=True)
         run_steps(opt, params, gradients, 0, CKPT)
         ckpt = consolidated_state_dict(opt)
         ckpt_params = [p.detach().clone() for p in params]
@@ -123,11 +133,10 @@ def _worker(rank: int, root: str) -> None:
         # A ZeRO run resumed from the single process's checkpoint (written by the parent).
         saved = torch.load(f"{root}/single_{name}.pt")
         params2 = [torch.nn.Parameter(x.clone()) for x in saved["params"]]
-        opt2 = build_zero_optimizer(name, params2, **OPTIMIZERS[name])
+        opt2 = build(name, params2, zero=True)
         opt2.load_state_dict(saved["state"])
         run_steps(opt2, params2, gradients, CKPT, STEPS)
-        numel_opt = build_zero_optimizer(name, [torch.nn.Parameter(x.clone()) for x in init], balance="numel",
-                                         **OPTIMIZERS[name])
+        numel_opt = build(name, [torch.nn.Parameter(x.clone()) for x in init], zero=True, balance="numel")
         out[name] = dict(
             final=[p.detach().clone() for p in params], ckpt=ckpt, ckpt_params=ckpt_params,
             resumed=[p.detach().clone() for p in params2], partition=opt.partition,

@@ -24,8 +24,9 @@ matter, and only for parameters whose cost mixes kinds; on a GPU eigh is relativ
 
 :func:`balanced_partition` assigns parameters greedily, most expensive first, to the rank that keeps the
 estimated time of f synchronized steps (f − 1 ordinary steps and one refresh step, each as slow as its
-slowest rank) lowest. Same-layout parameters have equal costs and are dealt out one after the other, so
-each rank holds a share of every layout it gets, stepped as one bucket there.
+slowest rank) lowest, then improves that by local search. Same-layout parameters stay together where balance
+allows: each rank steps its share of a layout as one bucket, and a partition that gives whole layouts to ranks
+wins over one that splits them when their estimated times are within 0.5%.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ __all__ = [
     "numel_partition",
     "rank_loads",
     "imbalance",
+    "BUCKET_TOLERANCE",
 ]
 
 
@@ -154,30 +156,54 @@ def imbalance(costs: Sequence[StepCost], partition: Sequence[Sequence[int]]) -> 
     return _window_time(rank_loads(costs, partition), _window(costs)) / ideal
 
 
-def balanced_partition(costs: Sequence[StepCost], world_size: int,
-                       keys: Optional[Sequence[Hashable]] = None) -> List[List[int]]:
+#: Between partitions whose estimated step times are within this fraction of the best, the one with the fewest
+#: (rank, layout) buckets wins: bigger buckets step faster (measured at gpt10m on 2 ranks: splitting every layout
+#: 3 + 3 instead of giving whole layouts to ranks cost 3-4% of the step).
+BUCKET_TOLERANCE = 0.005
+
+
+def balanced_partition(costs: Sequence[StepCost], world_size: int, keys: Optional[Sequence[Hashable]] = None,
+                       numels: Optional[Sequence[int]] = None) -> List[List[int]]:
     """Indices of ``costs`` per rank, balancing the estimated step time (see the module docstring).
 
-    Greedy, most expensive first (ties: parameters with equal ``keys`` — e.g. their layout — one after the
-    other, then by index): each parameter goes to the rank that minimizes the mean time per step over a
-    refresh window (:func:`imbalance`'s numerator), ties to the rank with the least amortized load, then the
-    lowest rank. Deterministic: every rank computes the same partition.
+    Starts, each refined by local search (:func:`_refine`): two greedy ones — parameters one by one, and whole
+    groups of equal ``keys`` (e.g. same layout) — most expensive first, each to the rank that minimizes the mean
+    time per step over a refresh window (:func:`imbalance`'s numerator), ties to the rank with the least
+    amortized load, then the lowest rank; and, given the parameters' entry counts ``numels``, torch's own
+    partition (:func:`numel_partition`). The result is the refined start with the fewest (rank, key) buckets
+    among those within :data:`BUCKET_TOLERANCE` of the best time. Deterministic: every rank computes the same.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     keys = list(keys) if keys is not None else list(range(len(costs)))
     if len(keys) != len(costs):
         raise ValueError(f"got {len(keys)} keys for {len(costs)} costs")
+    F = _window(costs)
     first: Dict[Hashable, int] = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
-    order = sorted(range(len(costs)), key=lambda i: (-costs[i].amortized, first[keys[i]], i))
-    F = _window(costs)
+    singles = [[i] for i in sorted(range(len(costs)), key=lambda i: (-costs[i].amortized, first[keys[i]], i))]
+    groups: Dict[Hashable, List[int]] = {}
+    for i in range(len(costs)):
+        groups.setdefault(keys[i], []).append(i)
+    whole = sorted(groups.values(), key=lambda g: (-sum(costs[i].amortized for i in g), g[0]))
+    starts = [_greedy(costs, units, world_size, F) for units in (singles, whole)]
+    if numels is not None:
+        starts.append(numel_partition(numels, world_size))
+    candidates = [_refine(costs, keys, start, F) for start in starts]
+    times = [_window_time(rank_loads(costs, c), F) for c in candidates]
+    best = min(times)
+    buckets = [sum(len({keys[i] for i in p}) for p in c) for c in candidates]
+    pick = min((buckets[j], times[j], j) for j in range(len(candidates)) if times[j] <= best * (1 + BUCKET_TOLERANCE))[2]
+    return [sorted(p) for p in candidates[pick]]
+
+
+def _greedy(costs: Sequence[StepCost], units: List[List[int]], world_size: int, F: int) -> List[List[int]]:
+    """Each unit (a list of parameter indices, in the given order) to the rank that minimizes the window time."""
     loads = [[0.0, 0.0] for _ in range(world_size)]
     parts: List[List[int]] = [[] for _ in range(world_size)]
-    for i in order:
-        c = costs[i]
-        add = (c.step, c.step + c.refresh * F / c.every)
+    for unit in units:
+        add = (sum(costs[i].step for i in unit), sum(costs[i].step + costs[i].refresh * F / costs[i].every for i in unit))
         best, best_score = 0, None
         for r in range(world_size):
             trial = [(o + add[0], f + add[1]) if q == r else (o, f) for q, (o, f) in enumerate(loads)]
@@ -186,8 +212,8 @@ def balanced_partition(costs: Sequence[StepCost], world_size: int,
                 best, best_score = r, score
         loads[best][0] += add[0]
         loads[best][1] += add[1]
-        parts[best].append(i)
-    return [sorted(p) for p in _refine(costs, keys, parts, F)]
+        parts[best].extend(unit)
+    return parts
 
 
 def _refine(costs: Sequence[StepCost], keys: Sequence[Hashable], parts: List[List[int]], F: int) -> List[List[int]]:
@@ -231,7 +257,7 @@ def _refine(costs: Sequence[StepCost], keys: Sequence[Hashable], parts: List[Lis
         members[b][k].append(members[a][k].pop())
         if l is not None:
             members[a][l].append(members[b][l].pop())
-    return [[i for v in m.values() for i in v] for m in members]
+    return [sorted(i for v in m.values() for i in v) for m in members]
 
 
 def numel_partition(numels: Sequence[int], world_size: int) -> List[List[int]]:

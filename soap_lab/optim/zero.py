@@ -88,7 +88,7 @@ class ZeroOptimizer(ZeroRedundancyOptimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         costs = self._estimate_costs()
         keys = [(gi, tuple(p.shape), p.dtype) for gi, g in enumerate(self.param_groups) for p in g["params"]]
-        parts = cost.balanced_partition(costs, self.world_size, keys)
+        parts = cost.balanced_partition(costs, self.world_size, keys, numels=[p.numel() for p in params])
         owner = {i: r for r, idx in enumerate(parts) for i in idx}
         self._partition_parameters_cache = [[] for _ in range(self.world_size)]
         start = 0
@@ -104,7 +104,6 @@ class ZeroOptimizer(ZeroRedundancyOptimizer):
         """The partition's estimated step time over a perfect split's (:func:`soap_lab.optim.cost.imbalance`)."""
         return cost.imbalance(self.costs, self.partition)
 
-    @torch.no_grad()
     def step(self, closure: Any = None, **kwargs: Any) -> Any:
         """One step: this rank's share, then the broadcast of every share. Non-finite gradients are detected
         on all parameters by every rank, so all ranks raise or skip together (see the module docstring)."""
