@@ -157,8 +157,8 @@ def imbalance(costs: Sequence[StepCost], partition: Sequence[Sequence[int]]) -> 
 
 
 #: Between partitions whose estimated step times are within this fraction of the best, the one with the fewest
-#: (rank, layout) buckets wins: bigger buckets step faster (measured at gpt10m on 2 ranks: splitting every layout
-#: 3 + 3 instead of giving whole layouts to ranks cost 3-4% of the step).
+#: (rank, layout) buckets wins: fewer, bigger buckets mean fewer kernels per step (see optim/buckets.py), which
+#: matters on a GPU; on the lab's CPU the difference was within run-to-run noise (benchmarks/README.md).
 BUCKET_TOLERANCE = 0.005
 
 
