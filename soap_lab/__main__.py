@@ -86,6 +86,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default=d.precision, choices=PRECISIONS)
     g.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="parameter dtype (default float32)")
     g.add_argument("--compile", action="store_true")
+    g.add_argument("--zero", action="store_true",
+                   help="ZeRO-1 under torchrun: each rank keeps and steps only its (cost-balanced) share of the "
+                        "optimizer state")
     g.add_argument("--eval-every", type=int, default=d.eval_every)
     g.add_argument("--eval-batches", type=int, default=d.eval_batches)
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
@@ -154,6 +157,7 @@ def _base_config(args: argparse.Namespace, hparams: Dict[str, Any], **extra: Any
         precision=args.precision,
         dtype=args.dtype,
         compile=args.compile,
+        zero=True if args.zero else None,
         eval_every=args.eval_every,
         eval_batches=args.eval_batches,
         eval_batch_size=args.eval_batch_size,
@@ -200,6 +204,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .train import train
 
     try:
+        if args.zero and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            raise ValueError("--zero needs a process group: run under torchrun with --nproc_per_node > 1")
         common, per_optimizer = _split_hparams(args.hparam)
         if args.command == "train":
             config = _base_config(

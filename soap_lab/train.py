@@ -14,7 +14,9 @@ validation loss is the plain cross-entropy on fixed batches. The run ends with o
 Under ``torchrun`` (WORLD_SIZE > 1) the same function trains with DistributedDataParallel (gloo on CPU,
 nccl on CUDA): each rank takes its slice of every global batch, the optimizers see the all-reduced
 gradient, and rank 0 writes the record. ``batch_size`` is always the global micro-batch, so a run gives the
-same losses (up to reduction round-off) on any number of processes.
+same losses (up to reduction round-off) on any number of processes. With ``zero=True`` the optimizer runs under
+ZeRO-1 (:mod:`soap_lab.optim.zero`): each rank keeps the state of, and steps, only its share of the parameters
+(partitioned by estimated step cost), then broadcasts them; same losses up to round-off.
 """
 from __future__ import annotations
 
@@ -113,6 +115,10 @@ class TrainConfig:
     insensitive to round-off (SOAP's eigenbases amplify float32 round-off); it excludes bf16 autocast."""
     compile: bool = False
     """Wrap the model in ``torch.compile``."""
+    zero: Optional[bool] = None
+    """ZeRO-1 under torchrun (WORLD_SIZE > 1): each rank keeps and steps only its share of the optimizer state,
+    partitioned by estimated step cost (:mod:`soap_lab.optim.zero`). Same results up to round-off, so it is
+    not part of the run id; ``None`` or False: every rank runs the whole optimizer."""
     eval_every: int = 50
     """Validation every this many steps (and always after the last step); 0: only at the end."""
     eval_batches: int = 8
@@ -268,7 +274,8 @@ def optimizer_kwargs(config: TrainConfig) -> Dict[str, Any]:
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes held by the tensors in ``optimizer.state`` (nested lists/dicts too), each storage counted once."""
+    """Bytes held by the tensors in ``optimizer.state`` (nested lists/dicts too), each storage counted once;
+    under ZeRO, those of this rank's share."""
     storages: Dict[Tuple[str, int], int] = {}
 
     def visit(obj: Any) -> None:
@@ -283,7 +290,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
             for v in obj:
                 visit(v)
 
-    for state in optimizer.state.values():
+    for state in getattr(optimizer, "optim", optimizer).state.values():  # ZeRO's: this rank's share
         visit(state)
     return sum(storages.values())
 
@@ -394,6 +401,8 @@ def train(config: TrainConfig) -> RunResult:
     autocast = _autocast(device, precision)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the world size {world}")
+    if config.zero and world == 1:
+        raise ValueError("zero=True needs a process group: run under torchrun with --nproc_per_node > 1")
 
     steps = effective_steps(config)
     warmup = effective_warmup(config, steps)
@@ -413,7 +422,12 @@ def train(config: TrainConfig) -> RunResult:
         net = model
     if config.compile:
         net = torch.compile(net)
-    optimizer = build_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
+    if config.zero:
+        from .optim.zero import build_zero_optimizer  # torch.distributed.optim: seconds to import
+
+        optimizer = build_zero_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
+    else:
+        optimizer = build_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
 
     # The sampler's batch_size is per rank; together the ranks draw the same global batch as one process.
     sampler = data.BatchSampler(
@@ -502,6 +516,7 @@ def train(config: TrainConfig) -> RunResult:
         "git_dirty": None,
         "world_size": world,
         "distributed_backend": dist.get_backend() if world > 1 else None,
+        "zero_estimated_imbalance": optimizer.estimated_imbalance() if config.zero else None,
         "start_time": start_iso,
         "end_time": results.now_iso(),
     }

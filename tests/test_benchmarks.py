@@ -62,3 +62,36 @@ def test_orthonormalize_benchmark_reports_both_methods(capsys):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert float(cells[1]) >= 0 and float(cells[2]) >= 0  # ms, printed to 0.1
         assert float(cells[5]) < 1e-4 and float(cells[6]) < 1e-4  # both orthonormal
+
+
+def test_zero_benchmark_compares_zero_with_plain_ddp(tmp_path, capsys):
+    zero = _load("zero")
+    assert zero.main(["--params", "tiny", "--f", "2", "--steps", "2", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "zero_tiny_f2.json").read_text())
+    assert res["world_size"] == 2 and res["threads_per_rank"] == 1
+    rows = {r["mode"]: r for r in res["rows"]}
+    assert list(rows) == ["ddp", "zero", "zero_numel"]
+    ddp = rows["ddp"]
+    assert ddp["broadcast_bytes_per_step"] == 0 and ddp["x_ddp_step"] == 1.0
+    for mode in ("zero", "zero_numel"):
+        r = rows[mode]
+        assert len(r["local_ms"]) == len(r["step_ms"]) == 2 and min(r["step_ms"]) > 0
+        assert r["broadcast_bytes_per_step"] == res["param_bytes"]  # every parameter once, from its owner
+        assert sum(r["state_bytes"]) == ddp["state_bytes"][0] and max(r["state_bytes"]) < ddp["state_bytes"][0]
+        assert r["estimated_imbalance"] >= 1.0
+    assert res["zero_partitions_same_params"] is True
+    assert {"git_commit", "torch", "cpu"} <= set(res["provenance"])
+    md = (tmp_path / "zero_tiny_f2.md").read_text()
+    assert "| zero |" in md and "Provenance" in md
+
+
+def test_partition_benchmark_reports_both_partitions(tmp_path):
+    partition = _load("partition")
+    assert partition.main(["--params", "tiny", "--f", "2", "--worlds", "2", "3", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "partition_tiny_f2.json").read_text())
+    assert [r["world"] for r in res["rows"]] == [2, 3]
+    for r in res["rows"]:
+        assert all(r[k] >= 1.0 - 1e-12 for k in ("numel_measured", "cost_measured", "numel_estimated", "cost_estimated"))
+    assert {tuple(p["shape"]) for p in res["per_shape"]} >= {(65, 32), (32, 32), (32,)}
+    assert all(p["ms_step"] > 0 for p in res["per_shape"])
+    assert "| 2 |" in (tmp_path / "partition_tiny_f2.md").read_text()

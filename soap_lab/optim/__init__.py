@@ -3,6 +3,9 @@
 Names (the paper's optimizers and SOAP variants):
   adamw, adafactor, shampoo, eigen_adafactor, soap, soap_factorized, soap_one_sided,
   soap_factorized_one_sided.
+
+Under torch.distributed, :mod:`soap_lab.optim.zero` runs any of them with ZeRO-1 (each rank keeps and steps its
+share of the state), partitioned by the step-cost model of :mod:`soap_lab.optim.cost`.
 """
 from __future__ import annotations
 
