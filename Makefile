@@ -12,7 +12,8 @@ DEVICE ?=
 
 # The linear-algebra test modules: rerun by `make test-arith` under other MKL arithmetic (what another CPU does).
 ARITH_TESTS := tests/test_soap.py tests/test_soap_reference.py tests/test_shampoo.py tests/test_adafactor.py \
-	tests/test_equivalence.py tests/test_perf_equivalence.py tests/test_buckets_shampoo.py tests/test_numerics.py
+	tests/test_equivalence.py tests/test_perf_equivalence.py tests/test_buckets_shampoo.py tests/test_numerics.py \
+	tests/test_zero.py
 
 help:
 	@echo "make figures   regenerate figures/ from stored results under data/runs/"
