@@ -89,6 +89,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zero", action="store_true",
                    help="ZeRO-1 under torchrun: each rank keeps and steps only its (cost-balanced) share of the "
                         "optimizer state")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between checkpoints beside the record (also written on Ctrl-C/SIGTERM; rerunning the "
+                        "same command resumes); default 100, 0: only on a signal")
     g.add_argument("--eval-every", type=int, default=d.eval_every)
     g.add_argument("--eval-batches", type=int, default=d.eval_batches)
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
@@ -158,6 +161,7 @@ def _base_config(args: argparse.Namespace, hparams: Dict[str, Any], **extra: Any
         dtype=args.dtype,
         compile=args.compile,
         zero=True if args.zero else None,
+        checkpoint_every=args.checkpoint_every,
         eval_every=args.eval_every,
         eval_batches=args.eval_batches,
         eval_batch_size=args.eval_batch_size,
@@ -246,6 +250,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _data_errors() as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # checkpoint.RunInterrupted says where the checkpoint is
+        print(f"{parser.prog}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

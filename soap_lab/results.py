@@ -60,7 +60,7 @@ DEFAULT_RUNS_ROOT = REPO_ROOT / "data" / "runs"
 # Config fields that do not change what a run computes (where it is written, whether a bar is drawn).
 # Where and how a run is written or executed, not what it computes (``zero`` divides the optimizer's work
 # across ranks; the results are the same up to round-off, as with the world size, which is no field at all).
-_NOT_HASHED = ("experiment", "out_dir", "progress", "save", "zero")
+_NOT_HASHED = ("experiment", "out_dir", "progress", "save", "zero", "checkpoint_every")
 
 
 # --------------------------------------------------------------------------------------------- ids

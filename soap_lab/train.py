@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from . import results
+from . import checkpoint, results
 from .optim import OPTIMIZERS, build_optimizer, takes_frequency
 from .schedule import lr_at, warmup_steps_for
 
@@ -119,6 +119,10 @@ class TrainConfig:
     """ZeRO-1 under torchrun (WORLD_SIZE > 1): each rank keeps and steps only its share of the optimizer state,
     partitioned by estimated step cost (:mod:`soap_lab.optim.zero`). Same results up to round-off, so it is
     not part of the run id; ``None`` or False: every rank runs the whole optimizer."""
+    checkpoint_every: Optional[int] = None
+    """Write a checkpoint beside the record every this many steps, and on SIGINT/SIGTERM, so that rerunning the
+    same command resumes the run (:mod:`soap_lab.checkpoint`); ``None``: every 100 steps; 0: only on a signal.
+    Not part of the run id (it does not change the result)."""
     eval_every: int = 50
     """Validation every this many steps (and always after the last step); 0: only at the end."""
     eval_batches: int = 8
@@ -197,6 +201,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "eval_batch_size"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.lr <= 0:
@@ -453,57 +459,89 @@ def train(config: TrainConfig) -> RunResult:
         metrics["val_time"].append(train_time)
         bar.set_postfix(loss=f"{metrics['loss'][-1]:.4f}" if metrics["loss"] else "-", val=f"{vl:.4f}")
 
-    bar = tqdm(total=steps, disable=not config.progress or rank != 0, desc=results.run_id(config), leave=False)
-    net.train()
-    for step in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        lr = lr_at(step, steps, config.lr, warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(config.grad_accum):
-            x, y = sampler.next()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            last = micro == config.grad_accum - 1
-            sync_ctx = net.no_sync() if (world > 1 and not last and hasattr(net, "no_sync")) else contextlib.nullcontext()
-            with sync_ctx:
-                with autocast():
-                    _, loss = net(x, y)
-                (loss / config.grad_accum).backward()
-            loss_sum += _plain_ce(model, loss)
-        if world > 1:
-            dist.all_reduce(loss_sum)
-            loss_sum /= world
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        step_loss = float(loss_sum) / config.grad_accum
-        if not math.isfinite(step_loss):
-            diverged = True
-        _sync(device)
-        t_opt = time.perf_counter()
-        if not diverged:
-            optimizer.step()
-        _sync(device)
-        opt_time = time.perf_counter() - t_opt
-        optimizer.zero_grad(set_to_none=True)
-        step_time = time.perf_counter() - t0
-        train_time += step_time
-        state_bytes = max(state_bytes, optimizer_state_bytes(optimizer))
+    run_id = results.run_id(config)
+    ckpt_file = checkpoint.checkpoint_path(results.record_path(config)) if config.save else None
+    every = checkpoint.DEFAULT_EVERY if config.checkpoint_every is None else config.checkpoint_every
+    start = 0
+    resumed = checkpoint.load(ckpt_file, run_id) if ckpt_file is not None else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        sampler.load_state_dict(resumed["sampler"])
+        metrics, train_time, state_bytes = resumed["metrics"], resumed["train_time"], resumed["state_bytes"]
+        checkpoint.set_rng_state(resumed["rng"])
+        start = resumed["step"]
 
-        metrics["step"].append(step + 1)
-        metrics["loss"].append(step_loss)
-        metrics["lr"].append(lr)
-        metrics["grad_norm"].append(float(grad_norm))
-        metrics["time"].append(train_time)
-        metrics["step_time"].append(step_time)
-        metrics["opt_time"].append(opt_time)
-        bar.update(1)
-        if diverged:
-            break
-        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < steps:
-            run_eval(step + 1)
-    if not diverged:
-        run_eval(steps)
+    def save_checkpoint(step: int) -> None:
+        opt_state = _consolidated(optimizer) if config.zero else optimizer.state_dict()
+        if rank == 0:
+            checkpoint.save(ckpt_file, {
+                "run_id": run_id, "step": step, "model": model.state_dict(), "optimizer": opt_state,
+                "sampler": sampler.state_dict(), "metrics": metrics, "train_time": train_time,
+                "state_bytes": state_bytes, "rng": checkpoint.rng_state()})
+        if world > 1:
+            dist.barrier()
+
+    bar = tqdm(total=steps, initial=start, disable=not config.progress or rank != 0, desc=run_id, leave=False)
+    net.train()
+    with checkpoint.InterruptFlag() as interrupted:
+        for step in range(start, steps):
+            _sync(device)
+            t0 = time.perf_counter()
+            lr = lr_at(step, steps, config.lr, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(config.grad_accum):
+                x, y = sampler.next()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                last = micro == config.grad_accum - 1
+                no_sync = world > 1 and not last and hasattr(net, "no_sync")
+                sync_ctx = net.no_sync() if no_sync else contextlib.nullcontext()
+                with sync_ctx:
+                    with autocast():
+                        _, loss = net(x, y)
+                    (loss / config.grad_accum).backward()
+                loss_sum += _plain_ce(model, loss)
+            if world > 1:
+                dist.all_reduce(loss_sum)
+                loss_sum /= world
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            step_loss = float(loss_sum) / config.grad_accum
+            if not math.isfinite(step_loss):
+                diverged = True
+            _sync(device)
+            t_opt = time.perf_counter()
+            if not diverged:
+                optimizer.step()
+            _sync(device)
+            opt_time = time.perf_counter() - t_opt
+            optimizer.zero_grad(set_to_none=True)
+            step_time = time.perf_counter() - t0
+            train_time += step_time
+            state_bytes = max(state_bytes, optimizer_state_bytes(optimizer))
+
+            metrics["step"].append(step + 1)
+            metrics["loss"].append(step_loss)
+            metrics["lr"].append(lr)
+            metrics["grad_norm"].append(float(grad_norm))
+            metrics["time"].append(train_time)
+            metrics["step_time"].append(step_time)
+            metrics["opt_time"].append(opt_time)
+            bar.update(1)
+            if diverged:
+                break
+            if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < steps:
+                run_eval(step + 1)
+            stop = _any_rank(bool(interrupted), device, world)
+            if ckpt_file is not None and step + 1 < steps and (stop or (every and (step + 1) % every == 0)):
+                save_checkpoint(step + 1)
+            if stop:
+                bar.close()
+                where = f"checkpoint {ckpt_file}; rerun the same command to resume" if ckpt_file else "nothing saved"
+                raise checkpoint.RunInterrupted(f"{run_id}: interrupted after step {step + 1}/{steps} ({where})")
+        if not diverged:
+            run_eval(steps)
     bar.close()
 
     summary = _summary(config, metrics, steps, warmup, tokens_per_step, train_time, state_bytes, diverged)
@@ -517,6 +555,7 @@ def train(config: TrainConfig) -> RunResult:
         "world_size": world,
         "distributed_backend": dist.get_backend() if world > 1 else None,
         "zero_estimated_imbalance": optimizer.estimated_imbalance() if config.zero else None,
+        "resumed_from_step": start or None,
         "start_time": start_iso,
         "end_time": results.now_iso(),
     }
@@ -526,9 +565,26 @@ def train(config: TrainConfig) -> RunResult:
                        model=dataclasses.asdict(model_cfg))
     if config.save and rank == 0:
         result.record_path = results.write_json_atomic(result.record(), results.record_path(config))
+        if ckpt_file is not None:
+            ckpt_file.unlink(missing_ok=True)  # the record supersedes it
     if world > 1:
         dist.barrier()
     return result
+
+
+def _any_rank(flag: bool, device: torch.device, world: int) -> bool:
+    """True on every rank if it is True on any (a signal may reach the ranks at different steps)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _consolidated(optimizer) -> Dict[str, Any]:
+    from .optim.zero import consolidated_state_dict
+
+    return consolidated_state_dict(optimizer)
 
 
 def _summary(config, metrics, steps, warmup, tokens_per_step, train_time, state_bytes, diverged) -> Dict[str, Any]:
