@@ -59,12 +59,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = p.add_argument_group("run (defaults: TrainConfig's)")
     g.add_argument("--experiment", default=d.experiment, help="records go to <runs-root>/<experiment>/")
-    g.add_argument("--betas", type=float, nargs=2, default=list(d.betas), metavar=("B1", "B2"))
-    g.add_argument("--eps", type=float, default=d.eps)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--betas", type=float, nargs=2, default=list(d.betas), metavar=("B1", "B2"), help="(β1, β2)")
+    g.add_argument("--eps", type=float, default=d.eps, help="optimizer ε (None: the optimizer's default)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="decoupled weight decay (None: the optimizer's default)")
     g.add_argument("--hparam", type=_kv, action="append", default=[], metavar="[NAME:]KEY=VALUE",
                    help="other optimizer keyword, e.g. refresh=eigh; with NAME: only for that optimizer, "
-                        "e.g. shampoo:exponent=2.5 (repeatable)")
+                        "e.g. shampoo:exponent=0.4 (the paper's L^-1/2.5 baseline; repeatable)")
     presets = _presets()
     g.add_argument("--preset", default=d.preset, choices=presets, help="model size")
     g.add_argument("--model", type=_kv, action="append", default=[], metavar="KEY=VALUE",
@@ -73,57 +74,67 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         from .data import CORPORA, TOKENIZERS
     except ImportError:
         CORPORA = TOKENIZERS = None
-    g.add_argument("--corpus", default=d.corpus, choices=CORPORA)
-    g.add_argument("--tokenizer", default=d.tokenizer, choices=TOKENIZERS)
-    g.add_argument("--vocab-size", type=int, default=d.vocab_size)
+    g.add_argument("--corpus", default=d.corpus, choices=CORPORA, help="training text")
+    g.add_argument("--tokenizer", default=d.tokenizer, choices=TOKENIZERS, help="character or BPE")
+    g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary (ignored by char)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global micro-batch (sequences)")
-    g.add_argument("--seq-len", type=int, default=d.seq_len)
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    g.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per sequence (None: the model's context)")
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
     g.add_argument("--steps", type=int, default=d.steps, help="steps of the full budget")
-    g.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    g.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction, help="warmup as a fraction of the run")
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="warmup in steps (overrides the fraction)")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    g.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="auto: bf16 autocast on CUDA, fp32 on CPU")
     g.add_argument("--dtype", default=d.dtype, choices=DTYPES, help="parameter dtype (default float32)")
-    g.add_argument("--compile", action="store_true")
+    g.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     g.add_argument("--zero", action="store_true",
                    help="ZeRO-1 under torchrun: each rank keeps and steps only its (cost-balanced) share of the "
                         "optimizer state")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="steps between checkpoints beside the record (also written on Ctrl-C/SIGTERM; rerunning the "
                         "same command resumes); default 100, 0: only on a signal")
-    g.add_argument("--eval-every", type=int, default=d.eval_every)
-    g.add_argument("--eval-batches", type=int, default=d.eval_batches)
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    g.add_argument("--eval-every", type=int, default=d.eval_every, help="validation every N steps (0: at the end only)")
+    g.add_argument("--eval-batches", type=int, default=d.eval_batches, help="fixed validation batches")
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="sequences per validation batch (None: --batch-size)")
     g.add_argument("--clip", type=float, default=d.clip, help="0 disables clipping")
     g.add_argument("--runs-root", default=d.out_dir, help="root of the run records (default <repo>/data/runs)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-save", action="store_true", help="do not write a record")
 
 
+def _prog() -> str:
+    """How the program was called: ``soap-lab`` (the console script) or ``python -m soap_lab``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "soap-lab" if name.startswith("soap-lab") else "python -m soap_lab"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .optim import OPTIMIZERS
 
-    parser = argparse.ArgumentParser(prog="python -m soap_lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=_prog(), description="soap-lab: train, sweep, draw figures and rerun "
+                                     "the ablations of the SOAP paper (Vyas et al. 2024).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    t = sub.add_parser("train", help="train one run and write its record")
-    t.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--precondition-frequency", "-f", type=int, default=None)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--budget-fraction", type=float, default=1.0)
+    t = sub.add_parser("train", help="train one run and write its record", formatter_class=fmt)
+    t.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, help="optimizer name")
+    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (warmup from 0.1·lr, cosine to 0.1·lr)")
+    t.add_argument("--precondition-frequency", "-f", type=int, default=None,
+                   help="f: refresh the eigenbasis / inverse roots every f steps (optimizer's default if unset)")
+    t.add_argument("--seed", type=int, default=0, help="seeds model init and batch order")
+    t.add_argument("--budget-fraction", type=float, default=1.0,
+                   help="run this fraction of --steps, with the whole schedule fitted to it")
     t.add_argument("--skip-existing", action="store_true", help="do nothing if the record exists")
     _add_common(t)
 
-    s = sub.add_parser("sweep", help="train a grid of runs (resumable, shardable)")
+    s = sub.add_parser("sweep", help="train a grid of runs (resumable, shardable)", formatter_class=fmt)
     s.add_argument("--optimizers", nargs="+", default=["adamw"], choices=OPTIMIZERS, metavar="NAME",
                    help=f"any of: {', '.join(OPTIMIZERS)}")
     s.add_argument("--frequencies", nargs="+", type=int, default=None,
                    help="precondition frequencies (only for optimizers that take one)")
-    s.add_argument("--lrs", nargs="+", type=float, default=[3e-3])
-    s.add_argument("--seeds", nargs="+", type=int, default=[0])
-    s.add_argument("--budget-fractions", nargs="+", type=float, default=[1.0])
+    s.add_argument("--lrs", nargs="+", type=float, default=[3e-3], help="peak learning rates")
+    s.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (model init and batch order)")
+    s.add_argument("--budget-fractions", nargs="+", type=float, default=[1.0], help="fractions of --steps")
     s.add_argument("--shard", default="0/1", help="i/N: this process takes grid points i, i+N, ... (0 <= i < N)")
     s.add_argument("--dry-run", action="store_true", help="list this shard's runs and whether each is done")
     s.add_argument("--force", action="store_true", help="rerun runs whose record exists")
@@ -237,7 +248,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.skip_existing and results.has_record(configs[0]):
                 print(f"{results.run_id(configs[0])}: record exists at {results.record_path(configs[0])}")
                 return 0
-            _report(train(configs[0]))
+            result = train(configs[0])
+            _report(result)
+            if result.summary.get("diverged"):
+                print(f"{parser.prog}: run diverged: non-finite loss at step {result.summary['steps_done']} "
+                      f"(recorded with diverged=true); try a smaller --lr", file=sys.stderr)
+                return 3
             return 0
         if os.environ.get("RANK", "0") == "0":
             print(f"shard {args.shard}: {len(configs)} runs")

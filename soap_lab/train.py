@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from . import checkpoint, results
 from .optim import OPTIMIZERS, build_optimizer, takes_frequency
+from .optim import keywords as optimizer_keywords
 from .schedule import lr_at, warmup_steps_for
 
 __all__ = [
@@ -162,6 +163,12 @@ class TrainConfig:
                 )
             if int(self.precondition_frequency) < 1:
                 raise ValueError(f"precondition_frequency must be >= 1, got {self.precondition_frequency}")
+        unknown = sorted(set(self.hparams) - set(optimizer_keywords(self.optimizer)))
+        if unknown:
+            raise ValueError(f"optimizer {self.optimizer!r} takes no keyword {', '.join(unknown)}; "
+                             f"its keywords: {', '.join(optimizer_keywords(self.optimizer))}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for but CUDA is not available here; allowed: auto, cpu")
         presets = _presets()
         if presets is not None and self.preset not in presets:
             raise ValueError(f"unknown preset {self.preset!r}; allowed: {', '.join(presets)}")
@@ -171,6 +178,9 @@ class TrainConfig:
             bad = sorted(set(self.model_overrides) - set(GPTConfig.__dataclass_fields__))
             if bad:
                 raise ValueError(f"unknown model fields {bad}; allowed: {', '.join(GPTConfig.__dataclass_fields__)}")
+            from .models import gpt_config
+
+            gpt_config(self.preset, 2, **self.model_overrides)  # GPTConfig checks its values (one-line ValueError)
         if presets is not None and self.seq_len is not None:
             from .models import PRESETS
 

@@ -54,7 +54,13 @@ def test_unknown_optimizer_exits_2_listing_allowed_names():
     (["sweep", "--optimizers", "adamw", "lion"], ["invalid choice: 'lion'", "eigen_adafactor"]),
     (["sweep", "--hparam", "lion:beta=0.9"], ["unknown optimizer 'lion'; allowed: adamw"]),
     (["sweep", "--budget-fractions", "1.5"], ["budget_fraction must be in (0, 1]"]),
-])
+    (["train", "--hparam", "foo=1"], ["optimizer 'adamw' takes no keyword foo; its keywords: lr, betas"]),
+    (["train", "--optimizer", "soap", "--hparam", "exponent=0.5"], ["takes no keyword exponent", "refresh"]),
+    (["train", "--model", "n_layer=0"], ["GPTConfig.n_layer must be >= 1, got 0"]),
+    (["train", "--checkpoint-every", "-1"], ["checkpoint_every must be >= 0"]),
+] + ([] if torch.cuda.is_available() else [
+    (["train", "--device", "cuda"], ["device 'cuda' asked for but CUDA is not available here"]),
+]))
 def test_bad_values_exit_2(capsys, args, messages):
     pytest.importorskip("soap_lab.models")
     with pytest.raises(SystemExit) as e:
@@ -63,6 +69,29 @@ def test_bad_values_exit_2(capsys, args, messages):
     err = capsys.readouterr().err
     for message in messages:
         assert message in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1 and "Traceback" not in err
+
+
+def test_a_diverging_run_is_recorded_and_exits_3(tmp_path, capsys):
+    pytest.importorskip("soap_lab.models")
+    code = main(["train", "--lr", "1e6", "--experiment", "div", "--runs-root", str(tmp_path), *TINY])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "run diverged: non-finite loss at step" in err and "Traceback" not in err
+    (path,) = (tmp_path / "div").glob("*.json")
+    assert results.read_record(path)["summary"]["diverged"] is True
+
+
+def test_help_shows_defaults_and_the_program_name(capsys, monkeypatch):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 0.003)" in out and "peak learning rate" in out and "python -m soap_lab train" in out
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/soap-lab", "--help"])
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: soap-lab") and "``" not in out
 
 
 def test_presets_are_listed_on_error(capsys):

@@ -53,6 +53,16 @@ def takes_frequency(name: str) -> bool:
     return "precondition_frequency" in inspect.signature(cls.__init__).parameters
 
 
+def keywords(name: str) -> Tuple[str, ...]:
+    """The keyword hyperparameters optimizer ``name`` accepts (besides ``params`` and its variant's own)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    cls, variant = _registry()[name]
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(k for k, v in inspect.signature(cls.__init__).parameters.items()
+                 if v.kind in named and k not in ("self", "params", *variant))
+
+
 def build_optimizer(name: str, params: Iterable[Any], **hparams: Any) -> torch.optim.Optimizer:
     """Build optimizer `name` over `params` with its own keyword hyperparameters.
 
