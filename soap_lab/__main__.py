@@ -1,4 +1,4 @@
-"""Command line: ``python -m soap_lab {train,sweep,figures,ablations}``.
+"""Command line: ``python -m soap_lab {train,sweep,show,figures,ablations}``.
 
     python -m soap_lab train --optimizer soap --precondition-frequency 10 --preset cpu --steps 300
     python -m soap_lab sweep --experiment lr_sweep --optimizers adamw soap --frequencies 10 100 \\
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("figures", help="regenerate figures/ from the stored records (see python -m soap_lab figures -h)")
     f.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("show", help="summarize stored runs and plot their curves (see python -m soap_lab show -h)")
     a = sub.add_parser("ablations", help="rerun the paper's experiments through papermill (see python -m soap_lab ablations -h)")
     a.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
@@ -207,6 +208,10 @@ def _data_errors() -> tuple:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "show":
+        from . import show
+
+        return show.main(argv[1:], prog=f"{_prog()} show")
     if argv and argv[0] in ("figures", "ablations"):
         # These subcommands own their argument parsing (soap_lab.figures); papermill is imported only there.
         from . import figures
