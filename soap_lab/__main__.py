@@ -74,7 +74,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         from .data import CORPORA, TOKENIZERS
     except ImportError:
         CORPORA = TOKENIZERS = None
-    g.add_argument("--corpus", default=d.corpus, choices=CORPORA, help="training text")
+    g.add_argument("--corpus", default=d.corpus, metavar="NAME|FILE|hf:DATASET",
+                   help=f"training text: {', '.join(CORPORA or ())}, a UTF-8 text file, or hf:NAME_OR_PATH "
+                        "(a datasets dataset's text field)")
     g.add_argument("--tokenizer", default=d.tokenizer, choices=TOKENIZERS, help="character or BPE")
     g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary (ignored by char)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global micro-batch (sequences)")

@@ -102,18 +102,57 @@ def _make_data_hint() -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
+def check_corpus(corpus: str) -> None:
+    """A corpus is a shipped name (:data:`CORPORA`), a path to a UTF-8 text file, or ``hf:NAME_OR_PATH`` (a
+    Hugging Face ``datasets`` dataset: hub name, local .json/.jsonl/.parquet/.txt/.csv file or saved directory;
+    its ``text`` field, documents joined by a blank line). Raises ValueError (one line) for anything else."""
+    if corpus in CORPORA or corpus.startswith("hf:"):
+        return
+    if not Path(corpus).is_file():
+        raise ValueError(f"unknown corpus {corpus!r}: not a shipped corpus ({', '.join(map(repr, CORPORA))}), "
+                         f"not a text file, not hf:NAME_OR_PATH")
+
+
+def corpus_name(corpus: str) -> str:
+    """A file-name-safe name: the shipped name, or ``<stem>-<sha256 of the text, 8 hex>`` for other corpora
+    (so a changed file never reuses a tokenizer trained on its old text)."""
+    if corpus in CORPORA:
+        return corpus
+    stem = Path(corpus[3:] if corpus.startswith("hf:") else corpus).stem or "corpus"
+    digest = hashlib.sha256(load_text(corpus).encode("utf-8")).hexdigest()[:8]
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) + "-" + digest
+
+
 def load_text(corpus: str = "austen") -> str:
-    """The full text of a shipped corpus (sha256-verified; cached in memory)."""
-    _check_choice("corpus", corpus, CORPORA)
-    return _load_text(str(Path(DATA_DIR) / SOURCES[corpus]["file"]), SOURCES[corpus]["sha256"])
+    """The full text of a corpus (see :func:`check_corpus`); shipped ones are sha256-verified. Cached."""
+    check_corpus(corpus)
+    if corpus in CORPORA:
+        return _load_text(str(Path(DATA_DIR) / SOURCES[corpus]["file"]), SOURCES[corpus]["sha256"])
+    if corpus.startswith("hf:"):
+        return _load_hf_text(corpus[3:])
+    return _load_text(str(Path(corpus).resolve()), None)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_hf_text(name_or_path: str, text_field: str = "text") -> str:
+    ds = _hf_documents(name_or_path, "train", {})
+    columns = getattr(ds, "column_names", None)
+    if columns is not None and text_field not in columns:
+        raise ValueError(f"hf:{name_or_path}: no {text_field!r} field; columns: {columns}")
+    return "\n\n".join(doc[text_field] or "" for doc in ds)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_text(path: str, sha256: str) -> str:
+def _load_text(path: str, sha256: str | None) -> str:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"corpus file {p} is missing; {_make_data_hint()}")
     raw = p.read_bytes()
+    if sha256 is None:  # a user's text file: no checksum to verify
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"corpus file {p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     got = hashlib.sha256(raw).hexdigest()
     if got != sha256:
         raise DataError(
@@ -230,9 +269,9 @@ def get_tokenizer(kind: str = "char", corpus: str = "austen", vocab_size: int = 
     """The tokenizer of a corpus: ``"char"`` (vocabulary from the corpus text) or ``"bpe"`` (byte-level BPE
     with ``vocab_size`` tokens; ``vocab_size`` is ignored for ``"char"``). Cached in memory."""
     _check_choice("tokenizer", kind, TOKENIZERS)
-    _check_choice("corpus", corpus, CORPORA)
+    check_corpus(corpus)
     if kind == "char":
-        return _char_tokenizer(load_text(corpus), corpus)
+        return _char_tokenizer(load_text(corpus), corpus_name(corpus))
     return _bpe_tokenizer(corpus, int(vocab_size), str(DATA_DIR))
 
 
@@ -243,11 +282,11 @@ def _char_tokenizer(text: str, corpus: str) -> CharTokenizer:
 
 @functools.lru_cache(maxsize=16)
 def _bpe_tokenizer(corpus: str, vocab_size: int, data_dir: str) -> BPETokenizer:
-    fname = f"{corpus}_bpe{vocab_size}.json"
+    fname = f"{corpus_name(corpus)}_bpe{vocab_size}.json"
     shipped = Path(data_dir) / "tokenizers" / fname
     if shipped.is_file():
         return BPETokenizer(shipped)
-    if vocab_size == DEFAULT_BPE_VOCAB:
+    if vocab_size == DEFAULT_BPE_VOCAB and corpus in CORPORA:
         raise DataError(f"tokenizer {shipped} is missing; {_make_data_hint()}")
     cached = Path(data_dir) / "_build" / "tokenizers" / fname
     if not cached.is_file():
@@ -265,11 +304,11 @@ def train_bpe(corpus: str, vocab_size: int = DEFAULT_BPE_VOCAB, out_dir: str | P
     ``tokenizers`` version. Returns the path."""
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-    _check_choice("corpus", corpus, CORPORA)
+    check_corpus(corpus)
     if vocab_size < 257:
         raise ValueError(f"vocab_size must be > 256 for byte-level BPE, got {vocab_size}")
     out_dir = Path(out_dir) if out_dir is not None else Path(DATA_DIR) / "_build" / "tokenizers"
-    path = out_dir / f"{corpus}_bpe{vocab_size}.json"
+    path = out_dir / f"{corpus_name(corpus)}_bpe{vocab_size}.json"
     if path.exists() and not overwrite:
         return path
     text = split_text(load_text(corpus), "train")
@@ -296,7 +335,7 @@ def train_bpe(corpus: str, vocab_size: int = DEFAULT_BPE_VOCAB, out_dir: str | P
 def token_stream(corpus: str = "austen", tokenizer: str = "char", split: str = "train",
                  vocab_size: int = DEFAULT_BPE_VOCAB) -> torch.Tensor:
     """The 1-D int64 token stream of a corpus split (cached in memory: do not modify it in place)."""
-    _check_choice("corpus", corpus, CORPORA)
+    check_corpus(corpus)
     _check_choice("tokenizer", tokenizer, TOKENIZERS)
     _check_choice("split", split, SPLITS)
     vs = int(vocab_size) if tokenizer == "bpe" else 0
@@ -321,7 +360,7 @@ def token_counts() -> dict:
 
 def clear_caches() -> None:
     """Forget the in-memory texts, tokenizers and token streams (e.g. after `make data`)."""
-    for f in (_load_text, _char_tokenizer, _bpe_tokenizer, _token_stream):
+    for f in (_load_text, _load_hf_text, _char_tokenizer, _bpe_tokenizer, _token_stream):
         f.cache_clear()
 
 

@@ -86,7 +86,9 @@ class TrainConfig:
     model_overrides: Dict[str, Any] = field(default_factory=dict)
     """``GPTConfig`` fields that override the preset's."""
     corpus: str = "austen"
-    """Corpus name for ``soap_lab.data.token_stream``."""
+    """A shipped corpus (austen, shakespeare), a path to a UTF-8 text file, or ``hf:NAME_OR_PATH`` (a Hugging
+    Face ``datasets`` dataset's ``text`` field); see ``soap_lab.data.check_corpus``. Split 90/10 into
+    train/val; the tokenizer (char or BPE) is built from its text."""
     tokenizer: str = "char"
     """Tokenizer kind for ``soap_lab.data.get_tokenizer``."""
     vocab_size: int = 4096
@@ -192,8 +194,10 @@ class TrainConfig:
             from .data import CORPORA, TOKENIZERS
         except ImportError:
             CORPORA = TOKENIZERS = None
-        if CORPORA is not None and self.corpus not in CORPORA:
-            raise ValueError(f"unknown corpus {self.corpus!r}; allowed: {', '.join(CORPORA)}")
+        if CORPORA is not None:
+            from .data import check_corpus
+
+            check_corpus(self.corpus)
         if TOKENIZERS is not None and self.tokenizer not in TOKENIZERS:
             raise ValueError(f"unknown tokenizer {self.tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
         if self.precision not in PRECISIONS:

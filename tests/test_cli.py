@@ -44,7 +44,7 @@ def test_unknown_optimizer_exits_2_listing_allowed_names():
 
 @pytest.mark.parametrize("args, messages", [
     (["train", "--preset", "huge"], ["invalid choice: 'huge'", "660m"]),
-    (["train", "--corpus", "c5"], ["invalid choice: 'c5'", "austen", "shakespeare"]),
+    (["train", "--corpus", "c5"], ["unknown corpus 'c5'", "'austen', 'shakespeare'", "hf:NAME_OR_PATH"]),
     (["train", "--model", "n_layers=3"], ["unknown model fields ['n_layers']; allowed: vocab_size, seq_len"]),
     (["train", "--seq-len", "64"], ["seq_len 64 exceeds the model's context length 32"]),
     (["train", "--optimizer", "adamw", "-f", "10"], ["takes no precondition_frequency", "soap_one_sided"]),

@@ -362,3 +362,55 @@ def test_prepare_fails_loudly_on_checksum_mismatch(prepare, tmp_path):
     good = hashlib.sha256(b"new text").hexdigest()
     prepare.write_checked("new text", out, good, "test corpus")
     assert out.read_text() == "new text"
+
+
+# --- any text as a corpus ---------------------------------------------------------------------------
+
+def _text(n_lines=400):
+    words = ["emma", "harriet", "knightley", "walk", "the", "garden", "letter", "said", "quite", "never"]
+    return "".join(" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(9)) + ".\n" for i in range(n_lines))
+
+
+def test_a_text_file_is_a_corpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "DATA_DIR", tmp_path)  # trained tokenizers go to tmp_path/_build
+    path = tmp_path / "my notes.txt"
+    path.write_text(_text())
+    corpus = str(path)
+    D.check_corpus(corpus)
+    assert D.load_text(corpus) == path.read_text()
+    name = D.corpus_name(corpus)
+    assert name.startswith("my_notes-") and len(name) == len("my_notes-") + 8
+    train, val = D.token_stream(corpus, "char", "train"), D.token_stream(corpus, "char", "val")
+    tok = D.get_tokenizer("char", corpus)
+    assert tok.decode(train) + tok.decode(val) == path.read_text()
+    bpe = D.get_tokenizer("bpe", corpus, vocab_size=300)
+    assert bpe.vocab_size <= 300 and bpe.decode(bpe.encode("emma said")) == "emma said"
+    assert (tmp_path / "_build" / "tokenizers" / f"{name}_bpe300.json").is_file()
+    path.write_text(_text(300))  # a changed file gets a new name: no stale tokenizer
+    D.clear_caches()
+    assert D.corpus_name(corpus) != name
+    with pytest.raises(ValueError, match=r"unknown corpus .*'austen', 'shakespeare'.*hf:NAME_OR_PATH"):
+        D.check_corpus(str(tmp_path / "missing.txt"))
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00 not utf-8")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        D.load_text(str(tmp_path / "bin.txt"))
+
+
+def test_a_datasets_dataset_is_a_corpus_and_trains(tmp_path):
+    pytest.importorskip("datasets")
+    from soap_lab.train import TrainConfig, train
+
+    docs = [{"text": line} for line in _text(300).splitlines()]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    corpus = f"hf:{path}"
+    assert D.load_text(corpus) == "\n\n".join(d["text"] for d in docs)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = train(TrainConfig(corpus=corpus, preset="tiny", steps=3, batch_size=2, seq_len=32, eval_batches=1,
+                              progress=False, save=False))
+    finally:
+        torch.set_num_threads(n)
+    assert r.summary["steps_done"] == 3 and r.config.corpus == corpus
+    assert r.model["vocab_size"] == D.get_tokenizer("char", corpus).vocab_size
