@@ -149,3 +149,13 @@ def test_soap_trains(tmp_path, name):
     assert not r.summary["diverged"] and math.isfinite(r.summary["final_val_loss"])
     assert r.metrics["loss"][-1] < r.metrics["loss"][0]
     assert r.summary["optimizer_state_bytes"] > 0
+
+
+def test_every_record_field_is_documented(tmp_path):
+    """data/runs/README.md describes every field a record holds."""
+    doc = (results.REPO_ROOT / "data" / "runs" / "README.md").read_text()
+    rec = train(cfg(tmp_path)).record()
+    keys = set(rec) | set(rec["config"]) | set(rec["model"]) | set(rec["summary"]) | set(rec["metrics"]) \
+        | set(rec["provenance"]) | set(rec["provenance"]["device"])
+    missing = sorted(k for k in keys if k not in doc)
+    assert not missing, f"data/runs/README.md does not describe {missing}"
