@@ -19,12 +19,7 @@ pytest.importorskip("soap_lab.data")
 COMPARED = ("step", "loss", "lr", "grad_norm", "val_step", "val_loss")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def cfg(root, **kw):

@@ -11,13 +11,7 @@ from soap_lab.__main__ import main
 from soap_lab.train import TrainConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 REPO = results.REPO_ROOT
 TINY = ["--preset", "tiny", "--steps", "3", "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1",

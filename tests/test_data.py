@@ -396,7 +396,7 @@ def test_a_text_file_is_a_corpus(tmp_path, monkeypatch):
         D.load_text(str(tmp_path / "bin.txt"))
 
 
-def test_a_datasets_dataset_is_a_corpus_and_trains(tmp_path):
+def test_a_datasets_dataset_is_a_corpus_and_trains(tmp_path, one_thread):
     pytest.importorskip("datasets")
     from soap_lab.train import TrainConfig, train
 
@@ -405,12 +405,7 @@ def test_a_datasets_dataset_is_a_corpus_and_trains(tmp_path):
     path.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
     corpus = f"hf:{path}"
     assert D.load_text(corpus) == "\n\n".join(d["text"] for d in docs)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        r = train(TrainConfig(corpus=corpus, preset="tiny", steps=3, batch_size=2, seq_len=32, eval_batches=1,
-                              progress=False, save=False))
-    finally:
-        torch.set_num_threads(n)
+    r = train(TrainConfig(corpus=corpus, preset="tiny", steps=3, batch_size=2, seq_len=32, eval_batches=1,
+                          progress=False, save=False))
     assert r.summary["steps_done"] == 3 and r.config.corpus == corpus
     assert r.model["vocab_size"] == D.get_tokenizer("char", corpus).vocab_size

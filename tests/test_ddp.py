@@ -15,13 +15,7 @@ pytest.importorskip("soap_lab.models")
 pytest.importorskip("soap_lab.data")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared machine it costs a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 COMMON = dict(preset="tiny", steps=6, batch_size=8, grad_accum=2, eval_every=3, eval_batches=2, lr=0.01,
               progress=False)

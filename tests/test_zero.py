@@ -37,12 +37,7 @@ STEPS, CKPT = 8, 5  # calls to step(); the checkpoint is taken after CKPT calls 
 TOL = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # ----------------------------------------------------------------------------------------------------------
