@@ -300,7 +300,7 @@ def claim1_widget(m: int = 16, n: int = 12, condition: float = 100.0, exponent: 
 
 # ============================================================================================ drawing
 def _default_scales(scales: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    out = {k: ablations.get_scale(k) for k in ablations.SCALES}
+    out = {k: ablations.get_scale(k) for k in ablations.PAPER_SCALES}
     out.update(dict(scales or {}))
     return out
 
@@ -378,7 +378,7 @@ def main_figures(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--equivalence-dir", default=None, help="default <repo>/data/equivalence")
     p.add_argument("--overhead-dir", default=None, help="default <repo>/data/overhead")
     p.add_argument("--only", nargs="+", choices=list(FIGURES), metavar="NAME", help=f"any of: {', '.join(FIGURES)}")
-    p.add_argument("--scales", nargs="+", choices=list(ablations.SCALES), default=list(ablations.SCALES),
+    p.add_argument("--scales", nargs="+", choices=list(ablations.SCALES), default=list(ablations.PAPER_SCALES),
                    help="scales to look for (default all; a scale without results is named on the figures)")
     p.add_argument("--scale-overrides", type=json.loads, default=None, metavar="JSON",
                    help="Scale fields overridden for every scale in --scales (to draw a smoke sweep's results)")
