@@ -36,6 +36,10 @@ class MissingResults(RuntimeError):
     """A study needs results that are not stored yet (message says which command produces them)."""
 
 
+class CorruptResults(MissingResults):
+    """A record a study needs is stored but corrupt or incomplete (message names the file)."""
+
+
 @dataclass(frozen=True)
 class Scale:
     """Sizes of one scale of the study. Defaults: the CPU scale (a run ≈ 1-2 min on 2 cores)."""
@@ -183,7 +187,7 @@ def tuned_lr(optimizer: str, scale: Scale, root: Optional[str] = None) -> float:
         try:
             rec = results.read_complete_record(path)
         except results.CorruptRecord as e:
-            raise MissingResults(f"cannot tune the lr of {tuned} at scale {scale.name!r}: {e} "
+            raise CorruptResults(f"cannot tune the lr of {tuned} at scale {scale.name!r}: {e} "
                                  f"(delete it and rerun the lr_sweep study)") from None
         losses.setdefault(cfg.lr, []).append(rec["summary"].get("final_val_loss"))
     best: Optional[Tuple[float, float]] = None
