@@ -15,7 +15,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from . import stats
 
-__all__ = ["CLOSE_MARGIN", "final_losses", "rise_table", "rise_difference_table", "versus_table", "claims"]
+__all__ = ["CLOSE_MARGIN", "final_losses", "rise_table", "rise_difference_table", "versus_table", "claims",
+           "markdown"]
 
 #: "Close" in "SOAP and Shampoo are close at f = 1": |difference of final losses| below this (nats).
 CLOSE_MARGIN = 0.02
@@ -122,5 +123,23 @@ def claims(df) -> List[Dict[str, Any]]:
             out.append({"claim": f"{opt} beats AdamW at every f ({opt} − AdamW < 0)", **r})
     for r in versus_table(df, "soap", "shampoo", "equal", CLOSE_MARGIN):
         if r["f"] == r["f0"]:
-            out.append({"claim": f"SOAP and Shampoo close at the smallest f (|SOAP − Shampoo| < {CLOSE_MARGIN})", **r})
+            out.append({"claim": f"SOAP and Shampoo close at the smallest f (abs(SOAP − Shampoo) < {CLOSE_MARGIN})", **r})
     return out
+
+
+def markdown(df) -> str:
+    """The rises and the claims as Markdown tables (mean ± half-width of the 95% CI, [low, high], n, verdict)."""
+    def ci(r):
+        if r["n"] < 2:
+            return f"{r['mean']:+.4f} (n = 1)", "—"
+        return f"{r['mean']:+.4f} ± {(r['high'] - r['low']) / 2:.4f}", f"[{r['low']:+.4f}, {r['high']:+.4f}]"
+
+    out = ["| batch | steps | optimizer | f | rise = loss(f) − loss(f₀) | 95% CI | n | rises? |", "|---|---|---|---|---|---|---|---|"]
+    for r in rise_table(df):
+        m, c = ci(r)
+        out.append(f"| {r['batch_size']} | {r['steps']} | {r['optimizer']} | {r['f0']} → {r['f']} | {m} | {c} | {r['n']} | {r['verdict']} |")
+    out += ["", "| claim | batch | steps | f | mean difference | 95% CI | n | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in claims(df):
+        m, c = ci(r)
+        out.append(f"| {r['claim']} | {r['batch_size']} | {r['steps']} | {r['f']} | {m} | {c} | {r['n']} | {r['verdict']} |")
+    return "\n".join(out)

@@ -97,7 +97,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     p.add_argument("--runs-root", default=None, help="root of the run records (default <repo>/data/runs)")
+    p.add_argument("--report", action="store_true", help="print the rise and claim tables of the stored runs; no training")
     args = p.parse_args(argv)
+    if args.report:
+        from . import freq_analysis, plot_seeds
+
+        datas = plot_seeds.study_datas(ablations.get_scale(args.scale), args.runs_root)
+        if not datas:
+            print(f"{p.prog}: error: no stored runs of the seeded study at scale {args.scale}", file=sys.stderr)
+            return 1
+        print(freq_analysis.markdown(freq_analysis.final_losses(datas)))
+        return 0
     import torch
 
     torch.set_num_threads(args.threads)

@@ -79,3 +79,11 @@ def test_the_figure_draws_every_seed_and_names_a_missing_scale(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     with pytest.raises(ablations.MissingResults, match="soap_lab.freq_study"):
         plot_seeds.plot_frequency_seeded({"cpu_freq": None}, tmp_path)
+
+
+def test_markdown_report_holds_every_row():
+    text = fa.markdown(table())
+    lines = text.splitlines()
+    assert "| 16 | 100 | shampoo | 1 → 30 | +0.1600 ± " in text
+    assert sum(ln.startswith("| SOAP's rise") for ln in lines) == 2  # f = 10 and 30
+    assert all(ln.count("|") == 9 for ln in lines if ln.startswith("|"))
