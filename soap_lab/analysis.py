@@ -192,7 +192,7 @@ def efficiency_table(sd: StudyData, baselines: Sequence[str] = ("AdamW", "Shampo
 
     runs = sd.runs
     bs = int(sd.scale.batch_size)
-    pool = {lab: stt.pool_step_times(sd, lab, bs) for lab in ("SOAP", *baselines)}
+    pool = {lab: stt.pool_step_times(sd, lab, bs, sd.scale.base_frequency) for lab in ("SOAP", *baselines)}
     soap = runs[(runs["optimizer"] == "soap")].sort_values("budget_fraction")
     soap = soap[soap["final_val_loss"].map(_finite)]
     full = soap[soap["budget_fraction"] == 1.0]

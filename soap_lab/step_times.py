@@ -37,9 +37,9 @@ class WallclockSaving:
     decided: bool
 
 
-def pool_step_times(sd, label: str, batch_size: int) -> Optional[StepTimes]:
-    """Step times of every run labelled ``label`` at ``batch_size`` in the pool of ``sd`` (an ``analysis.StudyData``),
-    not only the study's runs; None when there is none."""
+def pool_step_times(sd, label: str, batch_size: int, frequency: Optional[int] = None) -> Optional[StepTimes]:
+    """Step times of every run labelled ``label`` at ``batch_size`` (and, for optimizers that take one, at
+    ``frequency``) in the pool of ``sd`` (an ``analysis.StudyData``), not only the study's runs; None when none."""
     from . import ablations, results
 
     frame = results.load(sd.scale.experiment, sd.root)
@@ -47,8 +47,9 @@ def pool_step_times(sd, label: str, batch_size: int) -> Optional[StepTimes]:
     if not len(frame) or not len(curves):
         return None
     refresh = frame["hparams.refresh"] if "hparams.refresh" in frame else [None] * len(frame)
-    ids = [rid for rid, o, r, b in zip(frame["run_id"], frame["optimizer"], refresh, frame["batch_size"])
-           if int(b) == int(batch_size)
+    freqs = frame["precondition_frequency"] if "precondition_frequency" in frame else [None] * len(frame)
+    ids = [rid for rid, o, r, b, f in zip(frame["run_id"], frame["optimizer"], refresh, frame["batch_size"], freqs)
+           if int(b) == int(batch_size) and (frequency is None or f is None or f != f or int(f) == int(frequency))
            and ablations.label({"optimizer": o, "hparams": {"refresh": r} if isinstance(r, str) else {}}) == label]
     med = curves[curves["run_id"].isin(ids)].groupby("run_id")["step_time"].median()
     med = med[med.map(lambda x: math.isfinite(float(x)))]
