@@ -27,7 +27,6 @@ __all__ = [
     "basis_refreshes",
     "lr_table",
     "frequency_table",
-    "median_step_times",
     "efficiency_table",
     "step_time_ratio",
     "steps_to_target",
@@ -92,6 +91,8 @@ class StudyData:
             seq = f"×{int(self.runs['seq_len_used'].dropna().iloc[0])} tokens" if self.runs["seq_len_used"].notna().any() else ""
         text = (f"scale {s.name} (preset {s.preset}, {s.tokenizer} tokens, {s.steps} steps, batch {s.batch_size}{seq}) "
                 f"· device {self.device()}")
+        n = int(self.runs["seed"].nunique()) if len(self.runs) and "seed" in self.runs else 0
+        text += f" · n = {n} seed{'s' if n != 1 else ''}" + (" (single seed: differences not decided)" if n == 1 else "")
         if self.missing:
             text += f" · {len(self.missing)} of {len(self.expected)} runs missing"
         return text
@@ -168,14 +169,6 @@ def frequency_table(sd: StudyData):
     df["refreshes"] = [basis_refreshes(o, f, s) for o, f, s in zip(df["optimizer"], df["f"], df["steps_done"])]
     return df[["run_id", "label", "optimizer", "f", "lr", "final_val_loss", "steps_done", "refreshes",
                "opt_time_total", "step_time_mean", "wall_time"]].reset_index(drop=True)
-
-
-def median_step_times(sd: StudyData) -> Dict[str, float]:
-    """Median wall-clock seconds per training step of each run (robust to the pauses of a shared machine)."""
-    tr = sd.curves("train")
-    if not len(tr):
-        return {}
-    return tr.groupby("run_id")["step_time"].median().to_dict()
 
 
 def efficiency_table(sd: StudyData, baselines: Sequence[str] = ("AdamW", "Shampoo")) -> List[Dict[str, Any]]:

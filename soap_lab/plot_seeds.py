@@ -54,7 +54,7 @@ def plot_frequency_seeded(data: Mapping[str, Any], figures_dir, name: str = "fre
                 c = plotting._color(label)
                 for _, sg in o.groupby("seed"):
                     sg = sg.sort_values("f")
-                    ax.plot(sg["f"].astype(int), sg["final_val_loss"], color=c, lw=0.7, alpha=0.35)
+                    ax.plot(sg["f"].astype(int), sg["final_val_loss"], color=c, lw=0.8, alpha=0.45)
                 fs = sorted({int(f) for f in o["f"]})
                 stat = [_mean_ci(o[o["f"] == f]["final_val_loss"].astype(float).tolist()) for f in fs]
                 ns.update(n for *_, n in stat)
@@ -71,8 +71,8 @@ def plot_frequency_seeded(data: Mapping[str, Any], figures_dir, name: str = "fre
             ax.set_xticks(fs_all)
             ax.set_xticklabels([str(f) for f in fs_all])
             ax.minorticks_off()
-            n_txt = "/".join(str(n) for n in sorted(ns)) or "0"
-            ax.set_title(f"Final loss vs f [{key}, batch {bs}, {steps} steps, n = {n_txt} seeds]")
+            n_txt = "–".join(str(n) for n in sorted({min(ns), max(ns)})) if ns else "0"
+            ax.set_title(f"Final loss vs f [{key}, batch {bs}, {steps} steps]\nn = {n_txt} seeds per point")
             ax.set_xlabel("precondition frequency f (thin lines: one seed each)")
             ax.set_ylabel("final validation loss")
             ax.legend(fontsize=6.5)
@@ -95,7 +95,7 @@ def plot_frequency_seeded(data: Mapping[str, Any], figures_dir, name: str = "fre
                 bx.minorticks_off()
                 bx.legend(fontsize=6.5, loc="best")
             f0 = diff[0]["f0"] if diff else "f₀"
-            bx.set_title(f"rise_SOAP − rise_Shampoo, rise = loss(f) − loss({f0}) [{key}, batch {bs}]")
+            bx.set_title(f"Difference of rises, SOAP − Shampoo [{key}, batch {bs}]\nrise = loss(f) − loss({f0}), same seed")
             bx.set_xlabel("precondition frequency f")
             bx.set_ylabel("difference of rises (< 0: SOAP degrades less)")
             for r in diff:
