@@ -12,13 +12,20 @@ Protocol (as the paper, scaled down): the learning rate of each optimizer is tun
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import results
 
+#: The studies of the paper's figures (each has a notebook).
 STUDIES = ("lr_sweep", "frequency", "comparison", "batch_size", "variants")
+#: The seeded frequency study's arms (``soap_lab.freq_study``), at scale ``cpu_freq``.
+SEEDED_STUDIES = ("frequency_seeded", "frequency_batch", "frequency_long")
+#: Scales the paper-figure studies are drawn for (``make figures``); ``cpu_freq`` has its own figure.
+PAPER_SCALES = ("cpu", "gpu")
 
 #: The paper's Shampoo baseline (DistributedShampoo with root 2.5, ε 1e-12, Adam grafting).
 SHAMPOO_BASELINE = {"exponent": 0.4, "eps": 1e-12, "grafting": "adam"}
@@ -27,6 +34,10 @@ SOAP_VARIANTS = ("soap", "soap_factorized", "soap_one_sided", "soap_factorized_o
 
 class MissingResults(RuntimeError):
     """A study needs results that are not stored yet (message says which command produces them)."""
+
+
+class CorruptResults(MissingResults):
+    """A record a study needs is stored but corrupt or incomplete (message names the file)."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +62,25 @@ class Scale:
     budget_fractions: Tuple[float, ...] = (0.5, 0.625, 0.75, 0.875, 1.0)
     base_frequency: int = 10
     seeds: Tuple[int, ...] = (0,)
+    tune_seeds: Optional[Tuple[int, ...]] = None
+    """Seeds of the learning-rate sweep (the tuned lr has the lowest mean over them); ``None``: ``seeds``."""
+    batch_multipliers: Tuple[int, ...] = (4, 16)
+    """Batch arm of the seeded frequency study: batch_size × these (tokens per step × these)."""
+    arm_frequencies: Tuple[int, ...] = (1, 30)
+    """Frequencies of the batch arm."""
+    long_steps: Optional[int] = None
+    """Long arm of the seeded frequency study: steps (``None``: no long arm)."""
+    long_frequencies: Tuple[int, ...] = (2, 100)
+    long_seeds: Tuple[int, ...] = (0, 1)
 
     @property
     def experiment(self) -> str:
         return f"paper_{self.name}"
+
+    @property
+    def lr_seeds(self) -> Tuple[int, ...]:
+        """The seeds of the learning-rate sweep."""
+        return tuple(self.tune_seeds) if self.tune_seeds is not None else tuple(self.seeds)
 
 
 SCALES: Dict[str, Scale] = {
@@ -64,14 +90,40 @@ SCALES: Dict[str, Scale] = {
                  eval_batches=16, device="cuda",
                  lrs={"adamw": (1e-3, 3e-3, 1e-2), "soap": (1e-3, 3e-3, 1e-2), "shampoo": (1e-3, 3e-3, 1e-2)},
                  batch_sizes=(16, 64, 256)),
+    # The seeded frequency study (issue 11): a 0.1M-parameter GPT, 1000 steps of 16×64 characters, 3 seeds;
+    # ≈ 0.03 s (AdamW) to 0.10 s (SOAP f=1) per step on one thread.
+    "cpu_freq": Scale(name="cpu_freq", preset="mini", batch_size=16, steps=1000, eval_every=100, eval_batches=32,
+                      frequencies=(1, 3, 10, 30), seeds=(0, 1, 2), tune_seeds=(0,), batch_multipliers=(4, 16),
+                      arm_frequencies=(1, 30), long_steps=3000, long_frequencies=(2, 100), long_seeds=(0, 1)),
 }
 
 
+def scale_hash(scale: Scale, length: int = 6) -> str:
+    """Short sha256 of every field of ``scale`` but its name."""
+    d = {k: v for k, v in dataclasses.asdict(scale).items() if k != "name"}
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def is_registered(scale: Scale) -> bool:
+    """True for a scale of :data:`SCALES` exactly as registered (its results are the committed ones)."""
+    return SCALES.get(scale.name) == scale
+
+
 def get_scale(name: str, **overrides: Any) -> Scale:
-    """The scale called ``name`` (``cpu`` or ``gpu``), with fields overridden (e.g. ``steps=20`` for a smoke run)."""
+    """The scale called ``name`` (a key of :data:`SCALES`), with fields overridden (e.g. ``steps=20`` for a smoke run).
+
+    A scale that differs from the registered one in any field is renamed ``<name>-<hash of all its fields>``, so
+    its run pool (``data/runs/paper_<name>-<hash>/``) and every file derived from it are its own: a smoke run
+    never writes into the committed results of the registered scale.
+    """
     if name not in SCALES:
         raise ValueError(f"unknown scale {name!r}; allowed: {', '.join(SCALES)}")
-    return dataclasses.replace(SCALES[name], **overrides) if overrides else SCALES[name]
+    overrides.pop("name", None)
+    sc = dataclasses.replace(SCALES[name], **overrides) if overrides else SCALES[name]
+    if sc != SCALES[name]:
+        sc = dataclasses.replace(sc, name=f"{name}-{scale_hash(sc)}")
+    return sc
 
 
 def _base(scale: Scale, root: Optional[str]):
@@ -110,16 +162,20 @@ def label(config: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ studies
 def lr_sweep(scale: Scale, root: Optional[str] = None) -> List[Any]:
-    """Each tuned optimizer over its learning-rate grid, at f = base_frequency and the reference batch."""
-    return [_config(scale, root, opt, lr, seed=s) for opt, lrs in scale.lrs.items() for lr in lrs for s in scale.seeds]
+    """Each tuned optimizer over its learning-rate grid, at f = base_frequency and the reference batch,
+    for every seed of ``scale.lr_seeds``."""
+    return [_config(scale, root, opt, lr, seed=s) for opt, lrs in scale.lrs.items() for lr in lrs
+            for s in scale.lr_seeds]
 
 
 def tuned_lr(optimizer: str, scale: Scale, root: Optional[str] = None) -> float:
-    """The lr of ``lr_sweep`` with the lowest final validation loss for ``optimizer`` (SOAP variants: SOAP's)."""
+    """The lr of ``lr_sweep`` with the lowest mean final validation loss over the sweep's seeds for ``optimizer``
+    (SOAP variants: SOAP's); an lr where any seed diverged is out. A missing, corrupt or incomplete record of
+    the sweep raises :class:`MissingResults` naming the file (the tuned value is never chosen without it)."""
     tuned = "soap" if optimizer.startswith("soap") else optimizer
     if tuned not in scale.lrs:
         raise ValueError(f"no learning-rate grid for {optimizer!r} at scale {scale.name!r}; tuned: {list(scale.lrs)}")
-    best: Optional[Tuple[float, float]] = None
+    losses: Dict[float, List[Optional[float]]] = {}
     for cfg in lr_sweep(scale, root):
         if cfg.optimizer != tuned:
             continue
@@ -128,12 +184,27 @@ def tuned_lr(optimizer: str, scale: Scale, root: Optional[str] = None) -> float:
             raise MissingResults(
                 f"the learning-rate sweep for {tuned} at scale {scale.name!r} is not finished ({path.name} missing): "
                 f"run `python -m soap_lab ablations --scale {scale.name} --study lr_sweep` (or `make ablations SCALE={scale.name}`)")
-        loss = results.read_record(path)["summary"].get("final_val_loss")
-        if loss is not None and math.isfinite(loss) and (best is None or loss < best[0]):
-            best = (loss, cfg.lr)
+        try:
+            rec = results.read_complete_record(path)
+        except results.CorruptRecord as e:
+            raise CorruptResults(f"cannot tune the lr of {tuned} at scale {scale.name!r}: {e} "
+                                 f"(delete it and rerun the lr_sweep study)") from None
+        losses.setdefault(cfg.lr, []).append(rec["summary"].get("final_val_loss"))
+    best: Optional[Tuple[float, float]] = None
+    for lr, ls in losses.items():
+        if not all(x is not None and math.isfinite(x) for x in ls):
+            continue
+        mean = sum(ls) / len(ls)
+        if best is None or mean < best[0]:
+            best = (mean, lr)
     if best is None:
         raise MissingResults(f"every {tuned} run of the learning-rate sweep diverged at scale {scale.name!r}")
     return best[1]
+
+
+def seeded(scale: Scale, cfgs: List[Any], seeds: Optional[Sequence[int]] = None) -> List[Any]:
+    """Every config of ``cfgs`` once per seed of ``seeds`` (default ``scale.seeds``), seed-major order kept per config."""
+    return [dataclasses.replace(c, seed=int(s)) for c in cfgs for s in (scale.seeds if seeds is None else seeds)]
 
 
 def frequency(scale: Scale, root: Optional[str] = None) -> List[Any]:
@@ -144,7 +215,7 @@ def frequency(scale: Scale, root: Optional[str] = None) -> List[Any]:
         out.append(_config(scale, root, "soap", tuned_lr("soap", scale, root), precondition_frequency=f))
         out.append(_config(scale, root, "soap", tuned_lr("soap", scale, root), precondition_frequency=f,
                            hparams={"refresh": "eigh"}))
-    return out
+    return seeded(scale, out)
 
 
 def comparison(scale: Scale, root: Optional[str] = None) -> List[Any]:
@@ -152,7 +223,7 @@ def comparison(scale: Scale, root: Optional[str] = None) -> List[Any]:
     out = [_config(scale, root, "adamw", tuned_lr("adamw", scale, root)),
            _config(scale, root, "shampoo", tuned_lr("shampoo", scale, root))]
     out += [_config(scale, root, "soap", tuned_lr("soap", scale, root), budget_fraction=b) for b in scale.budget_fractions]
-    return out
+    return seeded(scale, out)
 
 
 def batch_size(scale: Scale, root: Optional[str] = None) -> List[Any]:
@@ -162,7 +233,7 @@ def batch_size(scale: Scale, root: Optional[str] = None) -> List[Any]:
         f = max(1, round(scale.base_frequency * scale.batch_size / b))
         out.append(_config(scale, root, "adamw", tuned_lr("adamw", scale, root), batch_size=b))
         out.append(_config(scale, root, "soap", tuned_lr("soap", scale, root), batch_size=b, precondition_frequency=f))
-    return out
+    return seeded(scale, out)
 
 
 def variants(scale: Scale, root: Optional[str] = None) -> List[Any]:
@@ -170,13 +241,17 @@ def variants(scale: Scale, root: Optional[str] = None) -> List[Any]:
     out = [_config(scale, root, "adamw", tuned_lr("adamw", scale, root)),
            _config(scale, root, "shampoo", tuned_lr("shampoo", scale, root))]
     out += [_config(scale, root, v, tuned_lr(v, scale, root)) for v in SOAP_VARIANTS]
-    return out
+    return seeded(scale, out)
 
 
 def configs(study: str, scale: Scale, root: Optional[str] = None) -> List[Any]:
-    """The configs of ``study`` (one of :data:`STUDIES`) at ``scale``."""
-    if study not in STUDIES:
-        raise ValueError(f"unknown study {study!r}; allowed: {', '.join(STUDIES)}")
+    """The configs of ``study`` (one of :data:`STUDIES` or :data:`SEEDED_STUDIES`) at ``scale``."""
+    if study not in STUDIES + SEEDED_STUDIES:
+        raise ValueError(f"unknown study {study!r}; allowed: {', '.join(STUDIES + SEEDED_STUDIES)}")
+    if study.startswith("frequency_"):
+        from . import freq_study
+
+        return getattr(freq_study, study[len("frequency_"):])(scale, root)
     return globals()[study](scale, root)
 
 

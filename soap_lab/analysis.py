@@ -27,7 +27,6 @@ __all__ = [
     "basis_refreshes",
     "lr_table",
     "frequency_table",
-    "median_step_times",
     "efficiency_table",
     "step_time_ratio",
     "steps_to_target",
@@ -92,6 +91,8 @@ class StudyData:
             seq = f"×{int(self.runs['seq_len_used'].dropna().iloc[0])} tokens" if self.runs["seq_len_used"].notna().any() else ""
         text = (f"scale {s.name} (preset {s.preset}, {s.tokenizer} tokens, {s.steps} steps, batch {s.batch_size}{seq}) "
                 f"· device {self.device()}")
+        n = int(self.runs["seed"].nunique()) if len(self.runs) and "seed" in self.runs else 0
+        text += f" · n = {n} seed{'s' if n != 1 else ''}" + (" (single seed: differences not decided)" if n == 1 else "")
         if self.missing:
             text += f" · {len(self.missing)} of {len(self.expected)} runs missing"
         return text
@@ -170,26 +171,21 @@ def frequency_table(sd: StudyData):
                "opt_time_total", "step_time_mean", "wall_time"]].reset_index(drop=True)
 
 
-def median_step_times(sd: StudyData) -> Dict[str, float]:
-    """Median wall-clock seconds per training step of each run (robust to the pauses of a shared machine)."""
-    tr = sd.curves("train")
-    if not len(tr):
-        return {}
-    return tr.groupby("run_id")["step_time"].median().to_dict()
-
-
 def efficiency_table(sd: StudyData, baselines: Sequence[str] = ("AdamW", "Shampoo")) -> List[Dict[str, Any]]:
     """The paper's efficiency protocol (Fig. 2) on the comparison study, one dict per baseline.
 
     SOAP's final val losses at the budget fractions are fitted with a + b·N^-β (``soap_lab.efficiency``) and
-    solved for the baseline's final val loss at the full budget. Step times are the runs' median recorded
-    step times. Keys: baseline, target, reached (False when the fit's asymptote lies above the target),
-    steps_needed, steps_saved, wallclock_saved, fit (a, b, beta) or error (why no fit), points.
+    solved for the baseline's final val loss at the full budget. Step times: median over every run of the
+    optimizer at the batch size in the pool, with their range (``soap_lab.step_times``); ``wallclock`` holds
+    the saving's range and whether it is decided. Keys: baseline, target, reached (False when the fit's
+    asymptote lies above the target), steps_needed, steps_saved, wallclock_saved, wallclock, fit (a, b, beta,
+    5 significant digits: the figure is the same bytes on any CPU) or error (why no fit), points.
     """
-    from . import efficiency
+    from . import efficiency, step_times as stt
 
     runs = sd.runs
-    times = median_step_times(sd)
+    bs = int(sd.scale.batch_size)
+    pool = {lab: stt.pool_step_times(sd, lab, bs, sd.scale.base_frequency) for lab in ("SOAP", *baselines)}
     soap = runs[(runs["optimizer"] == "soap")].sort_values("budget_fraction")
     soap = soap[soap["final_val_loss"].map(_finite)]
     full = soap[soap["budget_fraction"] == 1.0]
@@ -205,8 +201,7 @@ def efficiency_table(sd: StudyData, baselines: Sequence[str] = ("AdamW", "Shampo
         n_full = int(b["steps_total"].iloc[0])
         row["target"] = target
         row["full_steps"] = n_full
-        t_soap = times.get(full["run_id"].iloc[0]) if len(full) else None
-        t_base = times.get(b["run_id"].iloc[0])
+        t_soap, t_base = (pool[k].median if pool[k] else None for k in ("SOAP", base))
         row["soap_step_time"], row["baseline_step_time"] = t_soap, t_base
         if len(full):
             row["soap_final"] = float(full["final_val_loss"].iloc[0])
@@ -219,9 +214,11 @@ def efficiency_table(sd: StudyData, baselines: Sequence[str] = ("AdamW", "Shampo
             row["error"] = f"no fit: {e}"
             out.append(row)
             continue
-        row.update(reached=math.isfinite(s.steps_needed), steps_needed=s.steps_needed, step_fraction=s.step_fraction,
-                   steps_saved=s.steps_saved, wallclock_saved=s.wallclock_saved,
-                   fit={"a": s.fit.a, "b": s.fit.b, "beta": s.fit.beta})
+        w = stt.wallclock_saving(s.step_fraction, pool["SOAP"], pool[base]) if pool["SOAP"] and pool[base] else None
+        row.update(reached=math.isfinite(s.steps_needed), steps_needed=float(f"{s.steps_needed:.5g}"), step_fraction=s.step_fraction,
+                   steps_saved=s.steps_saved, wallclock_saved=s.wallclock_saved, wallclock=stt.as_dict(w),
+                   step_times={k: stt.as_dict(pool[k]) for k in ("SOAP", base)},
+                   fit={k: float(f"{v:.5g}") for k, v in (("a", s.fit.a), ("b", s.fit.b), ("beta", s.fit.beta))})
         out.append(row)
     return out
 

@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from . import ablations, analysis, results
 
@@ -57,6 +57,7 @@ FIGURES: Dict[str, Optional[str]] = {
     "overhead": None,
     "equivalence_claim1": None,
     "equivalence_gap": None,
+    "frequency_seeded": None,  # the seeded frequency study (soap_lab.plot_seeds), scale cpu_freq
 }
 
 #: study -> notebook that runs it (in the order ``make ablations`` runs them)
@@ -260,7 +261,7 @@ def draw_study_figure(name: str, sd, results_root=None, figures_dir=None, shard:
     if shard and sd.missing:
         print(f"{name}: not drawn yet, {len(sd.missing)} runs of other shards missing (`make figures` draws it later)")
         return None
-    paths = draw(name, results_root, figures_dir, scales={sd.scale.name: sd.scale})
+    paths = draw(name, results_root, figures_dir, scales={sd.scale.name.split("-")[0]: sd.scale})
     show(paths)
     return paths
 
@@ -299,8 +300,15 @@ def claim1_widget(m: int = 16, n: int = 12, condition: float = 100.0, exponent: 
 
 
 # ============================================================================================ drawing
+def default_figures_dir(scales: Iterable[Any] = ()) -> Path:
+    """``figures/`` when every scale is a registered one; else ``out/figures/<scale names>/`` (git-ignored), so a
+    smoke run with overridden scales never replaces the committed figures."""
+    odd = sorted(sc.name for sc in scales if not ablations.is_registered(sc))
+    return FIGURES_DIR if not odd else results.REPO_ROOT / "out" / "figures" / "+".join(odd)
+
+
 def _default_scales(scales: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    out = {k: ablations.get_scale(k) for k in ablations.SCALES}
+    out = {k: ablations.get_scale(k) for k in ablations.PAPER_SCALES}
     out.update(dict(scales or {}))
     return out
 
@@ -313,6 +321,8 @@ def _study_datas(study: str, scales: Mapping[str, Any], root, cache: Dict) -> Di
             cache[key] = results.load(sc.experiment, root)
         try:
             sd = analysis.study_data(study, sc, root, frame=cache[key])
+        except ablations.CorruptResults:
+            raise  # the figure cannot be drawn right without that record: say which
         except ablations.MissingResults:
             sd = None
         out[name] = sd if sd is not None and len(sd.runs) else None
@@ -320,9 +330,12 @@ def _study_datas(study: str, scales: Mapping[str, Any], root, cache: Dict) -> Di
 
 
 def _overhead_data(scales: Mapping[str, Any], overhead_dir=None) -> Dict[str, Optional[Dict[str, Any]]]:
-    odir = Path(overhead_dir) if overhead_dir is not None else analysis.OVERHEAD_DIR
-    return {k: (results.read_record(odir / f"overhead_{k}.json") if (odir / f"overhead_{k}.json").is_file() else None)
-            for k in scales}
+    """``{key: stored timing study of that scale, by the scale's own name, or None}``."""
+    from .overhead import default_path
+
+    paths = {k: (Path(overhead_dir) / default_path(sc.name).name if overhead_dir is not None else default_path(sc.name))
+             for k, sc in scales.items()}
+    return {k: (results.read_record(p) if p.is_file() else None) for k, p in paths.items()}
 
 
 def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mapping[str, Any]] = None,
@@ -337,9 +350,13 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
 
     if name not in FIGURES:
         raise ParameterError(f"unknown figure {name!r}; allowed: {', '.join(FIGURES)}")
-    out = Path(figures_dir) if figures_dir is not None else FIGURES_DIR
     root = Path(results_root) if results_root is not None else None
     scs = dict(scales) if (only_scales and scales) else _default_scales(scales)
+    out = Path(figures_dir) if figures_dir is not None else default_figures_dir(scs.values())
+    if name == "frequency_seeded":
+        from . import plot_seeds
+
+        return plot_seeds.draw(root, out, scs)
     cache = _cache if _cache is not None else {}
     study = FIGURES[name]
     if study is not None:
@@ -378,7 +395,7 @@ def main_figures(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--equivalence-dir", default=None, help="default <repo>/data/equivalence")
     p.add_argument("--overhead-dir", default=None, help="default <repo>/data/overhead")
     p.add_argument("--only", nargs="+", choices=list(FIGURES), metavar="NAME", help=f"any of: {', '.join(FIGURES)}")
-    p.add_argument("--scales", nargs="+", choices=list(ablations.SCALES), default=list(ablations.SCALES),
+    p.add_argument("--scales", nargs="+", choices=list(ablations.SCALES), default=list(ablations.PAPER_SCALES),
                    help="scales to look for (default all; a scale without results is named on the figures)")
     p.add_argument("--scale-overrides", type=json.loads, default=None, metavar="JSON",
                    help="Scale fields overridden for every scale in --scales (to draw a smoke sweep's results)")
@@ -395,7 +412,7 @@ def main_figures(argv: Optional[Sequence[str]] = None) -> int:
         try:
             paths = draw(name, args.runs_root, args.figures_dir, scales=scales, equivalence_dir=args.equivalence_dir,
                          overhead_dir=args.overhead_dir, _cache=cache, only_scales=True)
-        except ablations.MissingResults as e:
+        except (ablations.MissingResults, results.CorruptRecord) as e:
             print(f"skipped {name}: {e}", file=sys.stderr)
             failed.append(name)
             continue
@@ -494,7 +511,7 @@ def main_ablations(argv: Optional[Sequence[str]] = None) -> int:
         out = executed / f"{nb.stem}_{sc.name}{tag}.ipynb"
         out.parent.mkdir(parents=True, exist_ok=True)
         declared = pm.inspect_notebook(str(nb))
-        params = {"scale": args.scale, "device": args.device, "shard": args.shard, "train": True,
+        params = {"scale": args.scale, "device": args.device, "shard": args.shard, "train": True, "store": True,
                   "results_root": args.runs_root, "figures_dir": args.figures_dir,
                   "scale_overrides": args.scale_overrides or {}, "torch_threads": args.torch_threads}
         params = {k: v for k, v in params.items() if k in declared and v is not None}  # None: the notebook's default

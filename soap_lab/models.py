@@ -84,6 +84,8 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(seq_len=32, n_layer=2, n_head=2, d_model=32),
     # 2 CPU cores, char tokenizer (vocab ~80): ~0.46M params; ~0.15 s per AdamW step at batch 32 x 128.
     "cpu": dict(seq_len=128, n_layer=4, n_head=4, d_model=96),
+    # 1 CPU thread, many seeded runs (scale cpu_freq): ~0.11M params with characters; ~0.03 s per AdamW step at 16 x 64.
+    "mini": dict(seq_len=64, n_layer=2, n_head=2, d_model=64),
     # One GPU: ~25M non-embedding params (+ 2 * vocab * 512 embedding params).
     "gpu": dict(seq_len=512, n_layer=8, n_head=8, d_model=512),
     # The paper's OLMo-style models (seq 1024, head dim 64); names are sizes with the T5 vocab (32100).

@@ -30,7 +30,10 @@ __all__ = ["default_path", "model_shapes", "timing_study", "run", "fit_floor"]
 
 
 def default_path(scale_name: str) -> Path:
-    """``<repo>/data/overhead/overhead_<scale>.json``."""
+    """``<repo>/data/overhead/overhead_<scale>.json`` for a registered scale; an overridden scale
+    (``<name>-<hash>``, ``ablations.get_scale``) goes to ``<repo>/out/overhead/`` (git-ignored)."""
+    if "-" in scale_name:
+        return results.REPO_ROOT / "out" / "overhead" / f"overhead_{scale_name}.json"
     return analysis.OVERHEAD_DIR / f"overhead_{scale_name}.json"
 
 

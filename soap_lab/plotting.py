@@ -272,7 +272,10 @@ def _efficiency_text(e: Mapping[str, Any], short: bool = False) -> str:
         return (f"vs {base}: the fit never reaches {base}'s final loss {e['target']:.4f} "
                 f"(fitted asymptote {e['fit']['a']:.4f}): no savings can be claimed")
     steps = _more_less(e["steps_saved"], "steps", "fewer", "more")
+    w = e.get("wallclock")
     wall = _more_less(e.get("wallclock_saved"), "wall-clock", "less", "more")
+    if w:  # the range the saving takes over the pool's step times; undecided when it straddles 0
+        wall = (wall if w["decided"] else "wall-clock not decided") + f" ({100 * w['low']:+.0f}% to {100 * w['high']:+.0f}%)"
     if short:
         return f"vs {base}: {steps}, {wall}"
     return (f"vs {base}: the fit reaches {base}'s final loss {e['target']:.4f} at N* = {e['steps_needed']:.0f} "

@@ -42,6 +42,8 @@ __all__ = [
     "record_path",
     "write_json_atomic",
     "read_record",
+    "CorruptRecord",
+    "read_complete_record",
     "has_record",
     "iter_records",
     "load",
@@ -164,9 +166,42 @@ def write_json_atomic(obj: Any, path: os.PathLike) -> Path:
     return path
 
 
+class CorruptRecord(ValueError):
+    """A stored JSON file that cannot be used; the message is one line naming the file and what is wrong."""
+
+
 def read_record(path: os.PathLike) -> Dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
+    """The JSON object stored at ``path``; unreadable or invalid JSON raises :class:`CorruptRecord` naming the file."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CorruptRecord(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise CorruptRecord(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(obj, dict):
+        raise CorruptRecord(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+#: What a run record must hold to be used (``train.RunResult.record``).
+RECORD_KEYS = ("config", "summary", "metrics")
+
+
+def read_complete_record(path: os.PathLike) -> Dict[str, Any]:
+    """A run record with its config, summary and metrics; anything less raises :class:`CorruptRecord` naming the file."""
+    rec = read_record(path)
+    missing = [k for k in RECORD_KEYS if not isinstance(rec.get(k), dict)]
+    if missing:
+        raise CorruptRecord(f"{path}: incomplete run record (no {', '.join(missing)})")
+    if "final_val_loss" not in rec["summary"]:
+        raise CorruptRecord(f"{path}: incomplete run record (summary has no final_val_loss)")
+    return rec
+
+
+def warn(message: str) -> None:
+    """One line on stderr: ``soap_lab: warning: <message>``."""
+    print(f"soap_lab: warning: {message}", file=sys.stderr)
 
 
 def has_record(config: Any, root: Optional[os.PathLike] = None) -> bool:
@@ -175,21 +210,29 @@ def has_record(config: Any, root: Optional[os.PathLike] = None) -> bool:
     if not path.is_file():
         return False
     try:
-        rec = read_record(path)
-    except (OSError, ValueError):
+        read_complete_record(path)
+    except (OSError, CorruptRecord):
         return False
-    return isinstance(rec, dict) and "summary" in rec
+    return True
 
 
 def iter_records(experiment: str, root: Optional[os.PathLike] = None) -> Iterable[Tuple[Path, Dict[str, Any]]]:
-    """(path, record) for every record of ``experiment``, sorted by file name."""
+    """(path, record) for every complete record of ``experiment``, sorted by file name.
+
+    A corrupt or incomplete record is skipped with a one-line warning naming the file (:func:`warn`).
+    """
     directory = runs_root(root) / experiment
     if not directory.is_dir():
         return
     for path in sorted(directory.glob("*.json")):
         if path.name.startswith("."):
             continue
-        yield path, read_record(path)
+        try:
+            rec = read_complete_record(path)
+        except CorruptRecord as e:
+            warn(f"skipping {e}")
+            continue
+        yield path, rec
 
 
 # ------------------------------------------------------------------------------------- DataFrames

@@ -135,7 +135,8 @@ def test_main_ablations_runs_a_study_through_its_notebook(smoke_pool, tmp_path):
     argv = ["--scale", "cpu", "--study", "lr_sweep", "--runs-root", str(root), "--figures-dir", str(tmp_path / "fig"),
             "--executed-dir", str(tmp_path / "executed"), "--scale-overrides", json.dumps(SMOKE), "--torch-threads", "1"]
     assert figures.main_ablations(argv) == 0
-    assert (tmp_path / "executed" / "lr_sweep_cpu.ipynb").exists()
+    sc = figures.notebook_scale("cpu", overrides=SMOKE)  # overridden: named cpu-<hash>
+    assert sc.name.startswith("cpu-") and (tmp_path / "executed" / f"lr_sweep_{sc.name}.ipynb").exists()
     assert (tmp_path / "fig" / "lr_sweep.png").exists()
     # without papermill (the GPU machine): the same study through soap_lab directly, nothing to retrain here
     assert figures.main_ablations(argv + ["--no-papermill"]) == 0
