@@ -25,9 +25,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import ablations, analysis, results
+from . import params as P
+from .params import ParameterError
 
 __all__ = [
     "ParameterError",
@@ -79,15 +81,54 @@ CLAIM1_FILE = "claim1.json"
 GAP_FILE = "gap_trajectory.json"
 
 
-class ParameterError(ValueError):
-    """A notebook/CLI parameter that cannot work; the message is one line naming the fix."""
+def _scale_field_checks() -> Dict[str, Callable[[str, Any], Any]]:
+    """How each ``Scale`` field given in ``scale_overrides`` is checked (and coerced from papermill's text)."""
+    from .data import TOKENIZERS
+    from .models import PRESETS
+
+    def one_of(allowed):
+        def check(name, v):
+            if v not in allowed:
+                raise ParameterError(f"{name}: unknown {v!r}; allowed: {', '.join(allowed)}")
+            return v
+        return check
+
+    pos = lambda n, v: P.integer(n, v, 1)  # noqa: E731
+    pos_list = lambda n, v: P.integers(n, v, 1)  # noqa: E731
+    seeds = lambda n, v: P.integers(n, v, 0, example="[0, 1, 2]")  # noqa: E731
+    return {
+        "preset": one_of(tuple(PRESETS)), "tokenizer": one_of(TOKENIZERS), "device": lambda n, v: _device(v),
+        "batch_size": pos, "steps": pos, "eval_every": pos, "eval_batches": pos, "base_frequency": pos,
+        "frequencies": pos_list, "batch_sizes": pos_list, "batch_multipliers": pos_list, "arm_frequencies": pos_list,
+        "long_frequencies": pos_list, "seeds": seeds, "long_seeds": seeds,
+        "tune_seeds": lambda n, v: None if v is None else seeds(n, v),
+        "long_steps": lambda n, v: None if v is None else pos(n, v),
+        "budget_fractions": lambda n, v: P.numbers(n, v, 0.0, 1.0, low_open=True, example="[0.5, 1.0]"),
+        "lrs": lambda n, v: _lr_grids(n, v, {}),
+    }
+
+
+def _device(device: Any) -> str:
+    if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
+        raise ParameterError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N (or None for the scale's)")
+    return device
+
+
+def _lr_grids(name: str, value: Any, base: Mapping[str, Any]) -> Dict[str, Tuple[float, ...]]:
+    """``base`` with the grids of the optimizers named in ``value`` replaced (only adamw, soap, shampoo are tuned)."""
+    from .optim import OPTIMIZERS
+
+    grids = dict(base)
+    for opt, grid in P.mapping(name, value).items():
+        if opt not in OPTIMIZERS:
+            raise ParameterError(f"unknown optimizer {opt!r} in {name}; allowed: {', '.join(OPTIMIZERS)}")
+        if opt not in ("adamw", "soap", "shampoo"):
+            raise ParameterError(f"{name}[{opt!r}]: only adamw, soap and shampoo are tuned (SOAP's variants use SOAP's lr)")
+        grids[opt] = P.numbers(f"{name}[{opt!r}]", grid, 0.0, None, low_open=True, example="[3e-3, 1e-2]")
+    return grids
 
 
 # =================================================================================== notebook helpers
-def _tuple(x):
-    return tuple(x) if isinstance(x, (list, tuple)) else x
-
-
 def notebook_scale(scale: str = "cpu", device: Optional[str] = None, steps: Optional[int] = None,
                    seeds: Optional[Sequence[int]] = None, lrs: Optional[Mapping[str, Sequence[float]]] = None,
                    frequencies: Optional[Sequence[int]] = None, batch_sizes: Optional[Sequence[int]] = None,
@@ -97,57 +138,32 @@ def notebook_scale(scale: str = "cpu", device: Optional[str] = None, steps: Opti
     ``lrs`` replaces the learning-rate grid of the optimizers it names (others keep the scale's grid);
     ``overrides`` sets any other ``Scale`` field (e.g. ``{"preset": "tiny", "eval_every": 2}``).
     """
-    from .optim import OPTIMIZERS
-
     if scale not in ablations.SCALES:
         raise ParameterError(f"unknown scale {scale!r}; allowed: {', '.join(ablations.SCALES)}")
-    fields = {f.name for f in dataclasses.fields(ablations.Scale)}
+    checks = _scale_field_checks()
     over: Dict[str, Any] = {}
-    for k, v in dict(overrides or {}).items():
-        if k not in fields:
-            raise ParameterError(f"unknown scale field {k!r} in scale_overrides; allowed: {', '.join(sorted(fields))}")
-        over[k] = {o: _tuple(g) for o, g in v.items()} if k == "lrs" else _tuple(v)
+    for k, v in P.mapping("scale_overrides", overrides, '{"preset": "tiny"}').items():
+        if k not in checks:
+            raise ParameterError(f"unknown scale field {k!r} in scale_overrides; allowed: {', '.join(sorted(checks))}")
+        over[k] = checks[k](f"scale_overrides[{k!r}]", P.coerce(v))
     if device is not None:
-        if not (device in ("cpu", "cuda") or str(device).startswith("cuda:")):
-            raise ParameterError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N (or None for the scale's)")
-        over["device"] = device
+        over["device"] = _device(device)
     if steps is not None:
-        if int(steps) < 1:
-            raise ParameterError(f"steps must be >= 1, got {steps}")
-        over["steps"] = int(steps)
+        over["steps"] = P.integer("steps", steps, 1)
         if "eval_every" not in over:
-            over["eval_every"] = max(1, min(ablations.SCALES[scale].eval_every, int(steps) // 4 or 1))
+            over["eval_every"] = max(1, min(ablations.SCALES[scale].eval_every, over["steps"] // 4 or 1))
     if seeds is not None:
-        if len(seeds) == 0:
-            raise ParameterError("seeds is empty: give at least one seed, e.g. seeds = [0]")
-        over["seeds"] = tuple(int(s) for s in seeds)
+        over["seeds"] = P.integers("seeds", seeds, 0, example="[0, 1, 2]")
     if frequencies is not None:
-        if len(frequencies) == 0:
-            raise ParameterError("frequencies is empty: give at least one precondition frequency, e.g. frequencies = [1, 10, 100]")
-        if any(int(f) < 1 for f in frequencies):
-            raise ParameterError(f"precondition frequencies must be integers >= 1, got {list(frequencies)}")
-        over["frequencies"] = tuple(int(f) for f in frequencies)
+        over["frequencies"] = P.integers("frequencies", frequencies, 1, example="[1, 10, 100]")
     if batch_sizes is not None:
-        if len(batch_sizes) == 0:
-            raise ParameterError("batch_sizes is empty: give at least one batch size, e.g. batch_sizes = [8, 32, 128]")
-        over["batch_sizes"] = tuple(int(b) for b in batch_sizes)
-    base_lrs = dict(over.get("lrs", ablations.SCALES[scale].lrs))
+        over["batch_sizes"] = P.integers("batch_sizes", batch_sizes, 1, example="[8, 32, 128]")
     if lrs is not None:
-        for opt, grid in dict(lrs).items():
-            if opt not in OPTIMIZERS:
-                raise ParameterError(f"unknown optimizer {opt!r} in lrs; allowed: {', '.join(OPTIMIZERS)}")
-            if opt not in ("adamw", "soap", "shampoo"):
-                raise ParameterError(f"lrs[{opt!r}]: only adamw, soap and shampoo are tuned (SOAP's variants use SOAP's lr)")
-            if not grid:
-                raise ParameterError(f"lrs[{opt!r}] is empty: give at least one learning rate, e.g. [3e-3, 1e-2]")
-            if any(float(x) <= 0 for x in grid):
-                raise ParameterError(f"lrs[{opt!r}] must be positive, got {list(grid)}")
-            base_lrs[opt] = tuple(float(x) for x in grid)
-        over["lrs"] = base_lrs
+        over["lrs"] = _lr_grids("lrs", lrs, over.get("lrs", ablations.SCALES[scale].lrs))
     if torch_threads:
         import torch
 
-        torch.set_num_threads(int(torch_threads))
+        torch.set_num_threads(P.integer("torch_threads", torch_threads, 1))
     try:
         return ablations.get_scale(scale, **over)
     except (TypeError, ValueError) as e:
@@ -183,16 +199,24 @@ def run_study(study: str, sc, results_root=None, shard: Optional[str] = None, tr
             raise ParameterError(str(e)) from None
     if train:
         _check_device(sc)
-        deadline = time.time() + wait_s
+        start = time.time()
+        last = None
         while True:
             try:
                 ablations.run(study, sc, root, shard=shard_t, log=log)
                 break
             except ablations.MissingResults as e:
-                if shard_t is None or time.time() > deadline:
+                if shard_t is None:
                     raise
-                if log:
-                    log(f"waiting for another shard: {e}")
+                waited = time.time() - start
+                if waited > wait_s:
+                    raise ablations.MissingResults(
+                        f"gave up after {waited / 60:.0f} min waiting for the other shards of {shard!r}: {e}") from None
+                if log and str(e) != last:  # say it once per change, not every poll
+                    until = time.strftime("%H:%M", time.localtime(start + wait_s))
+                    log(f"shard {shard} waits for the other shards (checking every {poll_s:.0f} s, "
+                        f"giving up at {until}): {e}")
+                last = str(e)
                 time.sleep(poll_s)
     try:
         sd = analysis.study_data(study, sc, root)
@@ -210,34 +234,27 @@ def run_study(study: str, sc, results_root=None, shard: Optional[str] = None, tr
 
 def equivalence_params(m: int, n: int, condition: float, n_batches: int, exponent: float, staleness: int,
                        max_staleness: int, gap_frequencies: Sequence[int], gap_refreshes: Sequence[str],
-                       gap_problems: Sequence[str], gap_steps: int, gpt_preset: str) -> None:
-    """Check the equivalence notebook's parameters; a bad one raises a one-line ParameterError."""
+                       gap_problems: Sequence[str], gap_steps: int, gpt_preset: str) -> Tuple[Any, ...]:
+    """Check the equivalence notebook's parameters and return them coerced (papermill passes lists as text), in
+    the order given; a bad one raises a one-line ParameterError."""
     from .models import PRESETS
 
-    if int(m) < 2 or int(n) < 2:
-        raise ParameterError(f"the layer must be at least 2×2, got m={m}, n={n}")
-    if float(condition) < 1:
-        raise ParameterError(f"condition must be >= 1, got {condition}")
-    if int(n_batches) < 2:
-        raise ParameterError(f"n_batches must be >= 2 (L and R are averages over gradient batches), got {n_batches}")
-    if not 0 < float(exponent) <= 1:
-        raise ParameterError(f"exponent must be in (0, 1], got {exponent}")
-    if int(max_staleness) < 0 or not 0 <= int(staleness) <= int(max_staleness):
+    m, n = P.integer("m", m, 2), P.integer("n", n, 2)
+    condition = P.number("condition", condition, 1.0)
+    n_batches = P.integer("n_batches (L and R are averages over gradient batches)", n_batches, 2)
+    exponent = P.number("exponent", exponent, 0.0, 1.0, low_open=True)
+    max_staleness = P.integer("max_staleness", max_staleness, 0)
+    staleness = P.integer("staleness", staleness, 0)
+    if staleness > max_staleness:
         raise ParameterError(f"need 0 <= staleness <= max_staleness, got staleness={staleness}, max_staleness={max_staleness}")
-    if len(gap_frequencies) == 0:
-        raise ParameterError("gap_frequencies is empty: give at least one precondition frequency, e.g. gap_frequencies = [10, 50]")
-    if any(int(f) < 1 for f in gap_frequencies):
-        raise ParameterError(f"gap_frequencies must be integers >= 1, got {list(gap_frequencies)}")
-    bad = [r for r in gap_refreshes if r not in ("qr", "eigh")]
-    if bad or not gap_refreshes:
-        raise ParameterError(f"unknown refresh {bad[0] if bad else None!r} in gap_refreshes; allowed: qr, eigh")
-    bad = [p for p in gap_problems if p not in ("teaching", "gpt")]
-    if bad or not gap_problems:
-        raise ParameterError(f"unknown problem {bad[0] if bad else None!r} in gap_problems; allowed: teaching, gpt")
-    if int(gap_steps) < 2:
-        raise ParameterError(f"gap_steps must be >= 2, got {gap_steps}")
+    gap_frequencies = P.integers("gap_frequencies", gap_frequencies, 1, example="[10, 50]")
+    gap_refreshes = P.choices("gap_refreshes", gap_refreshes, ("qr", "eigh"))
+    gap_problems = P.choices("gap_problems", gap_problems, ("teaching", "gpt"))
+    gap_steps = P.integer("gap_steps", gap_steps, 2)
     if gpt_preset not in PRESETS:
         raise ParameterError(f"unknown gpt_preset {gpt_preset!r}; allowed: {', '.join(PRESETS)}")
+    return (m, n, condition, n_batches, exponent, staleness, max_staleness, gap_frequencies, gap_refreshes,
+            gap_problems, gap_steps, gpt_preset)
 
 
 def show(paths: Optional[Sequence[Path]]) -> None:
@@ -330,11 +347,17 @@ def _study_datas(study: str, scales: Mapping[str, Any], root, cache: Dict) -> Di
 
 
 def _overhead_data(scales: Mapping[str, Any], overhead_dir=None) -> Dict[str, Optional[Dict[str, Any]]]:
-    """``{key: stored timing study of that scale, by the scale's own name, or None}``."""
+    """``{key: stored timing study of that scale, by the scale's own name, or None}``; ``overhead_dir`` may also
+    name one study file (the overhead notebook's ``output``)."""
     from .overhead import default_path
 
-    paths = {k: (Path(overhead_dir) / default_path(sc.name).name if overhead_dir is not None else default_path(sc.name))
-             for k, sc in scales.items()}
+    def path(sc) -> Path:
+        if overhead_dir is None:
+            return default_path(sc.name)
+        o = Path(overhead_dir)
+        return o if o.suffix == ".json" else o / default_path(sc.name).name
+
+    paths = {k: path(sc) for k, sc in scales.items()}
     return {k: (results.read_record(p) if p.is_file() else None) for k, p in paths.items()}
 
 

@@ -92,7 +92,7 @@ def test_training_notebook_smoke(name, smoke_pool, tmp_path):
 
 
 def test_overhead_notebook_smoke(tmp_path, one_thread_kernels):
-    out = tmp_path / "overhead" / "overhead_cpu.json"
+    out = tmp_path / "overhead" / "overhead_tiny.json"  # any name: the notebook draws from the file it wrote
     execute("overhead", tmp_path, scale_overrides={"preset": "tiny", "batch_size": 4}, frequencies=[1, 4], repeats=1,
             window=4, fb_reps=1, output=str(out), results_root=str(tmp_path / "runs"), figures_dir=str(tmp_path / "fig"))
     data = json.loads(out.read_text())
@@ -117,7 +117,13 @@ def test_equivalence_notebook_smoke(tmp_path, one_thread_kernels):
     ("precondition_frequency", {"frequencies": []}, "frequencies is empty"),
     ("lr_sweep", {"lrs": {"sgd": [0.1]}}, "unknown optimizer 'sgd' in lrs"),
     ("variants", {"train": False}, "make ablations SCALE=cpu"),
-    ("equivalence", {"gap_refreshes": ["svd"]}, "unknown refresh 'svd'"),
+    ("equivalence", {"gap_refreshes": ["svd"]}, "unknown 'svd' in gap_refreshes; allowed: qr, eigh"),
+    ("batch_size", {"batch_sizes": [0, 32]}, "batch_sizes[0] must be an integer >= 1, got 0"),
+    ("precondition_frequency", {"seeds": 0}, "seeds must be a list, e.g. [0, 1, 2]; got 0"),
+    ("precondition_frequency", {"steps": 2.5}, "steps must be an integer >= 1, got 2.5"),
+    ("precondition_frequency", {"scale_overrides": {"frequencies": [0, 5]}},
+     "scale_overrides['frequencies'][0] must be an integer >= 1, got 0"),
+    ("equivalence", {"m": 16.7}, "m must be an integer >= 2, got 16.7"),
 ])
 def test_bad_parameters_stop_with_one_line(name, parameters, message, tmp_path, one_thread_kernels):
     parameters = {"results_root": str(tmp_path / "empty"), "figures_dir": str(tmp_path / "fig"), **parameters}
@@ -127,7 +133,15 @@ def test_bad_parameters_stop_with_one_line(name, parameters, message, tmp_path, 
     with pytest.raises(papermill.PapermillExecutionError) as err:
         execute(name, tmp_path, **parameters)
     assert message in err.value.evalue and "\n" not in err.value.evalue
-    assert not (tmp_path / "fig").exists()
+    assert not (tmp_path / "fig").exists() and not (tmp_path / "empty").exists()  # stopped before any training
+
+
+def test_papermill_text_parameters_are_read_as_lists_and_mappings(smoke_pool, tmp_path):
+    """`papermill -p frequencies '[2, 4]'` passes text: it must mean the list (same scale, same stored runs)."""
+    root, sc = smoke_pool
+    execute("precondition_frequency", tmp_path, scale_overrides=json.dumps(SMOKE), frequencies="[2, 4]",
+            lrs='{"soap": [0.01]}', train=False, results_root=str(root), figures_dir=str(tmp_path / "fig"))
+    assert (tmp_path / "fig" / "frequency.png").stat().st_size > 1000
 
 
 def test_main_ablations_runs_a_study_through_its_notebook(smoke_pool, tmp_path):

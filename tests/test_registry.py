@@ -25,3 +25,14 @@ def test_takes_frequency_is_read_off_the_signatures():
         takes_frequency("lion")
     with pytest.raises(ValueError, match="unknown optimizer"):
         build_optimizer("lion", [])
+
+
+def test_keywords_are_read_off_the_constructor():
+    from soap_lab.optim import keywords
+
+    assert "precondition_frequency" in keywords("soap") and "factorized" in keywords("soap")
+    assert "factorized" not in keywords("soap_factorized")  # fixed by the variant
+    assert "exponent" in keywords("shampoo") and "params" not in keywords("shampoo")
+    assert set(keywords("adamw")) >= {"lr", "betas", "eps", "weight_decay"}
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+        keywords("lion")
