@@ -29,6 +29,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -475,6 +476,10 @@ def shard(items: Sequence[Any], index: int, count: int) -> List[Any]:
     return list(items[index::count])
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def run_sweep(
     configs: Sequence[Any],
     train_fn: Optional[Callable[[Any], Any]] = None,
@@ -493,6 +498,8 @@ def run_sweep(
     train_fn = train_fn or train_mod.train
     rank, _world, _local = train_mod.init_distributed_for(configs[0] if configs else None)
     out: List[Dict[str, Any]] = []
+    to_train = sum(1 for c in configs if not (skip_existing and has_record(c))) if log else 0
+    trained, spent = 0, 0.0
     for n, cfg in enumerate(configs, 1):
         rid = run_id(cfg)
         path = record_path(cfg)
@@ -504,8 +511,12 @@ def run_sweep(
             out.append({"run_id": rid, "status": "skipped", "path": str(path)})
             continue
         if log and rank == 0:
-            log(f"[{n}/{len(configs)}] run  {rid}")
+            eta = (f"ETA {_duration(spent / trained * (to_train - trained))}" if trained
+                   else "ETA after the first run")
+            log(f"[{n}/{len(configs)}] run  {rid}  ({trained} of {to_train} to train done, {eta})")
+        t0 = time.perf_counter()
         result = train_fn(cfg)
+        trained, spent = trained + 1, spent + time.perf_counter() - t0
         out.append({"run_id": rid, "status": "done", "path": str(path)})
         if after_run is not None:
             after_run(cfg, result)

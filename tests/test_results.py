@@ -173,7 +173,11 @@ def test_sweep_resumes_after_an_interruption(tmp_path):
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done}
 
     trained.clear()
-    status = results.run_sweep(configs, train_fn=counting_train, log=None)
+    lines = []
+    status = results.run_sweep(configs, train_fn=counting_train, log=lines.append)
+    runs = [line for line in lines if "] run " in line]
+    assert "(0 of 2 to train done, ETA after the first run)" in runs[0]
+    assert "(1 of 2 to train done, ETA " in runs[1] and runs[1].rstrip(")").split("ETA ")[1][0].isdigit()
     assert [s["status"] for s in status].count("skipped") == 2
     assert sorted(trained) == sorted(results.run_id(c) for c in configs if results.run_id(c) not in
                                      {p.stem for p in done})
