@@ -129,8 +129,8 @@ def make_layout(
       otherwise the optimizer runs its diagonal rule (AdamW for SOAP).
     - ``merge_dims`` merges dimensions of ≥2-D tensors (see :func:`merged_shape`). It can build factors far
       larger than any of the tensor's own dimensions: the reference rule turns a 16×16×3×3 conv into one
-      2304×2304 factor, so each step's projection costs O(2304²·9) and each refresh O(2304³) instead of
-      O(16³) per factor without merging; it warns above :data:`MERGE_WARN_DIM`.
+      2304×2304 factor: each refresh then costs O(2304³) (QR or eigh of the factor) instead of O(16³) per
+      factor without merging, and each step O(2304²); it warns above :data:`MERGE_WARN_DIM`.
     - A dimension larger than ``max_precond_dim`` gets the identity (e.g. the vocabulary side of embeddings);
       ``max_precond_dim=0`` therefore turns every rotation off.
     - ``one_sided`` keeps only the factor of the smallest preconditioned dimension (the first one on ties):
