@@ -283,22 +283,47 @@ def draw_study_figure(name: str, sd, results_root=None, figures_dir=None, shard:
     return paths
 
 
+#: The exponent slider's values: the widget's study computes all of them at once, so moving it only redraws.
+EXPONENT_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(19))
+
+
+def claim1_cache(n_batches: int = 64, max_staleness: int = 40):
+    """``study(m, n, condition, exponent)``: ``analysis.claim1_study`` on :data:`EXPONENT_GRID` (plus
+    ``exponent`` if it is off the grid), cached: only a new shape or conditioning recomputes it; the exponent and
+    staleness sliders then only redraw."""
+    import functools
+
+    @functools.lru_cache(maxsize=32)
+    def cached(m: int, n: int, condition: float, extra: Optional[float]):
+        exps = sorted({*EXPONENT_GRID, *((extra,) if extra is not None else ())})
+        return analysis.claim1_study(m=m, n=n, condition=condition, n_batches=n_batches, exponents=exps,
+                                     max_staleness=max_staleness)
+
+    def study(m: int, n: int, condition: float, exponent: float):
+        e = round(float(exponent), 3)
+        return cached(int(m), int(n), float(condition), None if e in EXPONENT_GRID else e)
+
+    study.cache_info = cached.cache_info
+    return study
+
+
 def claim1_widget(m: int = 16, n: int = 12, condition: float = 100.0, exponent: float = 0.25, staleness: int = 10,
                   max_staleness: int = 40, n_batches: int = 64):
     """Sliders (ipywidgets) over Claim 1 on the teaching problem: shape, conditioning, exponent, staleness.
 
-    Each change recomputes ``analysis.claim1_study`` (float64, well under a second) and redraws
-    ``plotting.plot_claim1`` with the chosen exponent and staleness circled. Needs a live Jupyter kernel.
+    A new shape or conditioning recomputes ``analysis.claim1_study`` (float64, about half a second at the
+    defaults); the exponent and staleness sliders only redraw ``plotting.plot_claim1`` with the chosen values
+    circled (:func:`claim1_cache`). Needs a live Jupyter kernel.
     """
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
     from . import plotting
 
+    study = claim1_cache(n_batches, max_staleness)
+
     def update(m, n, condition, exponent, staleness):
-        exps = sorted({0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, round(exponent, 3)})
-        d = analysis.claim1_study(m=m, n=n, condition=condition, n_batches=n_batches, exponents=exps,
-                                  max_staleness=max_staleness)
+        d = study(m, n, condition, exponent)
         plotting.plot_claim1(d, None, highlight={"exponent": exponent, "staleness": staleness})
         plt.show()
         err = next(r["error"] for r in d["exponent"] if abs(r["exponent"] - round(exponent, 3)) < 1e-9)

@@ -51,3 +51,16 @@ def test_notebook_scale_checks_every_override_before_training():
         figures.notebook_scale("cpu", overrides='{"preset": "huge"}')
     with pytest.raises(ParameterError, match="unknown scale field 'stepz'"):
         figures.notebook_scale("cpu", overrides={"stepz": 3})
+
+
+def test_claim1_widget_recomputes_only_for_a_new_shape_or_conditioning():
+    from soap_lab import figures
+
+    study = figures.claim1_cache(n_batches=8, max_staleness=3)
+    a = study(6, 4, 10.0, 0.25)
+    assert study(6, 4, 10.0, 0.5) is a and study(6, 4, 10.0, 0.7000000001) is a  # exponent slider: cached
+    assert {r["exponent"] for r in a["exponent"]} >= set(figures.EXPONENT_GRID)
+    off = study(6, 4, 10.0, 0.33)  # off the slider's grid: computed once more, with it
+    assert off is not a and any(abs(r["exponent"] - 0.33) < 1e-12 for r in off["exponent"])
+    assert study(6, 5, 10.0, 0.25) is not a
+    assert study.cache_info().misses == 3 and study.cache_info().hits == 2
