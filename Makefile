@@ -11,8 +11,9 @@ DEVICE ?=
 .PHONY: setup test test-arith figures ablations data bench bench-zero clean help
 
 # The linear-algebra test modules: rerun by `make test-arith` under other MKL arithmetic (what another CPU does).
-ARITH_TESTS := tests/test_soap.py tests/test_soap_reference.py tests/test_shampoo.py tests/test_adafactor.py \
-	tests/test_equivalence.py tests/test_perf_equivalence.py tests/test_buckets_shampoo.py tests/test_numerics.py \
+ARITH_TESTS := tests/test_linalg.py tests/test_kron.py tests/test_second_moment.py tests/test_stack.py \
+	tests/test_engine.py tests/test_rules.py tests/test_base.py tests/test_soap.py tests/test_soap_reference.py \
+	tests/test_shampoo.py tests/test_adafactor.py tests/test_equivalence.py \
 	tests/test_zero.py
 
 help:

@@ -109,8 +109,8 @@ def run(args) -> Dict:
             "ms_median_single_step": 1e3 * statistics.median(ts),
             "ms_refresh_step": 1e3 * statistics.median(max(win(ts, i)) for i in range(windows)),
             "windows_ms": [round(1e3 * m, 1) for m in means[e]],
-            "n_buckets": len(opts[e]._buckets),
-            "bucket_sizes": sorted((len(b.params) for b in opts[e]._buckets.values()), reverse=True),
+            "n_buckets": sum(len(b.params) > 1 for b in opts[e]._stacks.values()),
+            "bucket_sizes": sorted((len(b.params) for b in opts[e]._stacks.values()), reverse=True),
             "max_rel_diff_to_unbucketed": diff,
         })
     for name in args.optimizers:

@@ -9,7 +9,7 @@ case for Cholesky-QR: the stale Q makes P·Q far from orthogonal, so the first p
     python benchmarks/orthonormalize.py --sizes 1536 3072 --batch 12
 
 Prints, per (size, batch): ms per matrix for each method, the ratio, the passes Cholesky-QR needed and the
-loss of orthogonality of each result. This is the measurement behind ``soap_lab.kron.CHOLESKY_QR_CPU_MAX``.
+loss of orthogonality of each result. This is the measurement behind the default ``qr_method`` (``soap_lab.optim.linalg.orthonormalize``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from soap_lab import kron  # noqa: E402
+from soap_lab.optim import linalg  # noqa: E402
 
 
 def refresh_input(s: int, other: int, batch: int, f: int = 10, beta: float = 0.95, seed: int = 0,
@@ -42,16 +42,16 @@ def refresh_input(s: int, other: int, batch: int, f: int = 10, beta: float = 0.9
         Q = None
         for t in range(f * cycles):
             G = torch.randn(s, other, generator=g) * r * c
-            kron.syrk_(P, G, beta, 1 - beta)
+            linalg.syrk_(P, G, beta, 1 - beta)
             if Q is None:
-                Q = kron.eigh_descending(P)
+                Q = linalg.eigh_descending(P)
             elif (t + 1) % f == 0:
                 PQ = P @ Q
                 order = torch.argsort((Q * PQ).sum(0), descending=True, stable=True)
                 if t + 1 == f * cycles:
                     out.append(PQ[:, order])
                 else:
-                    Q = kron.householder_q(PQ[:, order])
+                    Q = linalg.householder_q(PQ[:, order])
     return torch.stack(out)
 
 
@@ -79,12 +79,12 @@ def main(argv=None) -> int:
         th, tc = [], []
         for r in range(args.repeats):  # interleaved: load drifts hit both alike
             for name, store in (("householder", th), ("cholesky", tc))[:: 1 if r % 2 == 0 else -1]:
-                kron.ORTHO_STATS.clear()
+                linalg.ORTHO_STATS.clear()
                 t0 = time.perf_counter()
-                kron.orthonormalize(X, name, out=out, work=work)
+                linalg.orthonormalize(X, name, out=out, work=work)
                 store.append((time.perf_counter() - t0) / args.batch)
                 if name == "cholesky":
-                    stats, qc = dict(kron.ORTHO_STATS), out.clone()
+                    stats, qc = dict(linalg.ORTHO_STATS), out.clone()
                 else:
                     qh = out.clone()
         mh, mc = statistics.median(th) * 1e3, statistics.median(tc) * 1e3

@@ -357,8 +357,8 @@ def run(args) -> Dict:
     }
     extra = {}
     try:
-        from soap_lab import kron
-        extra["soap_lab_orthonormalization"] = dict(kron.ORTHO_STATS)
+        from soap_lab.optim import linalg
+        extra["soap_lab_orthonormalization"] = dict(linalg.ORTHO_STATS)
     except Exception:
         pass
     return {

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from . import kron
+from .optim.linalg import eigh_descending
 
 Tensor = torch.Tensor
 
@@ -41,8 +41,8 @@ def gradient_factors(batch_grads: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
 
 
 def eigenbasis(L: Tensor, R: Tensor) -> Tuple[Tensor, Tensor]:
-    """Eigenvectors Q_L, Q_R of the factors (columns by decreasing eigenvalue), via :func:`soap_lab.kron.eigh_descending`."""
-    return kron.eigh_descending(_f64(L)), kron.eigh_descending(_f64(R))
+    """Eigenvectors Q_L, Q_R of the factors (columns by decreasing eigenvalue), via :func:`soap_lab.optim.linalg.eigh_descending`."""
+    return eigh_descending(_f64(L)), eigh_descending(_f64(R))
 
 
 def rotated_statistics(batch_grads: Sequence[Tensor], Q_L: Tensor, Q_R: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -65,8 +65,8 @@ def idealized_shampoo_update(
     With e = ½ and the trace factor this is Ĥ^-½ g for Ĥ = L ⊗ R / Tr L (Claim 1's left-hand side).
     """
     G, L, R = _f64(G), _f64(L), _f64(R)
-    lam, Q_L = kron.eigh_descending(L, return_eigenvalues=True)
-    mu, Q_R = kron.eigh_descending(R, return_eigenvalues=True)
+    lam, Q_L = eigh_descending(L, return_eigenvalues=True)
+    mu, Q_R = eigh_descending(R, return_eigenvalues=True)
     L_root = Q_L @ torch.diag((lam.clamp_min(0) + eps).pow(-exponent)) @ Q_L.T
     R_root = Q_R @ torch.diag((mu.clamp_min(0) + eps).pow(-exponent)) @ Q_R.T
     update = L_root @ G @ R_root

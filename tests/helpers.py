@@ -109,6 +109,11 @@ def assert_well_posed(opt_factory, init, grads, tol, margin=10.0):
     return s
 
 
+def shared_stacks(opt):
+    """How many of the optimizer's stacks hold more than one parameter (0 with ``bucket=False``)."""
+    return sum(len(s) > 1 for s in opt._stacks.values()) if hasattr(opt, "_stacks") else 0
+
+
 def resumes_bit_exactly(make, params, steps=5):
     """Run ``steps`` open-loop steps, checkpoint (parameters + ``state_dict``), run ``steps`` more; then rebuild
     the optimizer with ``make`` on copies of the checkpointed parameters, load the state and run the same
@@ -127,7 +132,7 @@ def resumes_bit_exactly(make, params, steps=5):
     feed(params, opt, 0)
     saved_params = [p.detach().clone() for p in params]
     saved = copy.deepcopy(opt.state_dict())
-    n_buckets = len(opt._buckets) if hasattr(opt, "_buckets") else 0
+    n_buckets = shared_stacks(opt)
     feed(params, opt, 9)
     fresh = [torch.nn.Parameter(x.clone()) for x in saved_params]
     fresh_opt = make(fresh)

@@ -105,3 +105,16 @@ def test_eigen_adafactor_with_soap_ordering_is_factorized_soap(f):
 def test_bad_statistics_option():
     with pytest.raises(ValueError, match="statistics"):
         EigenAdafactor([torch.nn.Parameter(torch.zeros(2, 2))], statistics="exact")
+
+
+def test_eigen_adafactor_qr_method():
+    shapes = [(8, 6), (7, 7), (5,)]  # max_precond_dim 7: the (8, 6) layer rotates its short side only
+    init = init_values(shapes, seed=36)
+    grads = open_loop_grads(shapes, 12, seed=36)
+    kw = dict(lr=1e-2, precondition_frequency=2, refresh="qr", max_precond_dim=7, betas=(0.9, 0.95))
+    a, _ = run(lambda ps: EigenAdafactor(ps, qr_method="cholesky", **kw), init, grads)
+    b, _ = run(lambda ps: EigenAdafactor(ps, qr_method="householder", **kw), init, grads)
+    assert_well_posed(lambda ps: EigenAdafactor(ps, qr_method="householder", **kw), init, grads, 1e-10)
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-10
+    assert max(rel(x, y) for x, y in zip(a, init)) > 1e-3
+

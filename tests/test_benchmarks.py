@@ -95,3 +95,25 @@ def test_partition_benchmark_reports_both_partitions(tmp_path):
     assert {tuple(p["shape"]) for p in res["per_shape"]} >= {(65, 32), (32, 32), (32,)}
     assert all(p["ms_step"] > 0 for p in res["per_shape"])
     assert "| 2 |" in (tmp_path / "partition_tiny_f2.md").read_text()
+
+
+def test_bucketing_benchmark_runs_end_to_end(capsys):
+    """Two layers (tiny2): every matrix shape is a bucket of two, so bucket=True really stacks; with
+    max_precond_dim 32 every rotated factor is full rank (well posed), so the float32 paths agree to round-off."""
+    bench = _load("bucketing")
+    res = bench.run(bench.parse(["--params", "tiny2", "--f", "2", "--steps", "4", "--max-precond-dim", "32"]))
+    assert [(r["optimizer"], r["bucket"]) for r in res["rows"]] == [
+        ("shampoo", False), ("shampoo", True), ("eigen_adafactor", False), ("eigen_adafactor", True)]
+    assert res["windows"] == 2
+    for r in res["rows"]:
+        assert r["ms_per_step"] > 0 and len(r["windows_ms"]) == 2
+        if r["bucket"]:
+            assert r["bucket_sizes"].count(2) >= 4  # the 4 matrix shapes of a layer, each stacked with its twin
+            assert r["max_rel_diff_to_unbucketed"] <= 1e-4  # different code paths, the same numbers
+        else:
+            assert r["n_buckets"] == 0 and r["max_rel_diff_to_unbucketed"] == 0.0
+    assert all(s["speedup"] > 0 for s in res["speedups"])
+    assert bench.main(["--params", "tiny", "--f", "2", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| shampoo |" in out and "| eigen_adafactor |" in out and "speed-up" in out
+

@@ -154,3 +154,21 @@ def test_trajectory_breaks_with_stale_basis_or_running_statistics(change):
     a, _ = _train(lambda ps: Shampoo(ps, **SHAMPOO_HALF))
     b, _ = _train(lambda ps: EigenAdafactor(ps, **{**EIGEN_ADAFACTOR_IDEAL, **change}))
     assert max(rel(x, y) for x, y in zip(a, b)) > 1e-3
+
+
+def test_claim1_trajectory_holds_bucketed():
+    """Claim 1 (tests/test_equivalence.py) with both optimizers bucketed: two same-shape 16×16 layers."""
+    from test_equivalence import EIGEN_ADAFACTOR_IDEAL, SHAMPOO_HALF, _train
+
+    a, losses = _train(lambda ps: Shampoo(ps, bucket=True, **SHAMPOO_HALF))
+    b, _ = _train(lambda ps: EigenAdafactor(ps, bucket=True, **EIGEN_ADAFACTOR_IDEAL))
+    c, _ = _train(lambda ps: Shampoo(ps, bucket=False, **SHAMPOO_HALF))
+    assert losses[-1] < 0.95 * losses[0]
+    assert max(rel(x, y) for x, y in zip(a, b)) <= 1e-8
+    # Bucketed vs per-parameter: this closed-loop run with eps = 0 inverse roots refreshed every step amplifies
+    # round-off; a 1-ulp change of the data moves it by 2e-12 … 1.5e-11 across MKL settings (measured), so the
+    # paths are compared at 1e-9 with a guard at 1e-10.
+    moved, _ = _train(lambda ps: Shampoo(ps, bucket=False, **SHAMPOO_HALF), perturb=True)
+    assert max(rel(x, y) for x, y in zip(c, moved)) <= 1e-10
+    assert max(rel(x, y) for x, y in zip(a, c)) <= 1e-9
+

@@ -3,7 +3,7 @@
 - Sparse or complex gradients raise ``ValueError`` naming the parameter.
 - NaN/Inf gradients raise ``FloatingPointError`` naming the parameter and step, *before* any state is touched
   (``on_nonfinite="skip"`` skips the whole step instead and counts it in ``optimizer.skipped_steps``).
-- bf16/fp16 parameters: state and linear algebra in float32 (:func:`soap_lab.kron.state_dtype_for`), the
+- bf16/fp16 parameters: state and linear algebra in float32 (:func:`soap_lab.optim.kron.state_dtype_for`), the
   update computed in float32 and rounded once into the parameter.
 - ``load_state_dict`` keeps the saved state's dtypes (torch's default would cast float32 state down to a bf16
   parameter's dtype), so a checkpointed run continues bit-exactly.
@@ -31,21 +31,12 @@ def _to_device(value: Any, device: torch.device) -> Any:
 
 
 class LabOptimizer(torch.optim.Optimizer):
-    """Base class: subclasses implement :meth:`_update_param` for one parameter with a checked gradient."""
+    """Base class: subclasses implement :meth:`_update_all` for the checked gradients of a step
+    (:class:`soap_lab.optim.engine.EigenbasisOptimizer`)."""
 
     def __init__(self, params: Iterable[Any], defaults: Dict[str, Any], on_nonfinite: str = "raise"):
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
-        lr = defaults.get("lr", 0.0)
-        if not (isinstance(lr, float) or isinstance(lr, int)) or lr < 0:
-            raise ValueError(f"invalid learning rate {lr!r}: must be a float ≥ 0")
-        betas = defaults.get("betas")
-        if betas is not None and not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"invalid betas {betas!r}: each must be in [0, 1)")
-        if defaults.get("weight_decay", 0.0) < 0:
-            raise ValueError(f"invalid weight_decay {defaults['weight_decay']!r}: must be ≥ 0")
-        if defaults.get("eps", 0.0) < 0:
-            raise ValueError(f"invalid eps {defaults['eps']!r}: must be ≥ 0")
         super().__init__(params, defaults)
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
@@ -120,12 +111,8 @@ class LabOptimizer(torch.optim.Optimizer):
             self._update_all(items)
         return loss
 
-    def _update_all(self, items: List[Tuple[dict, Tensor, Tensor]]) -> None:
-        """Step every (group, parameter, checked gradient): one by one here; subclasses may batch."""
-        for group, p, g in items:
-            self._update_param(group, p, g)
-
-    def _update_param(self, group: dict, p: Tensor, grad: Tensor) -> None:  # pragma: no cover - abstract
+    def _update_all(self, items: List[Tuple[dict, Tensor, Tensor]]) -> None:  # pragma: no cover - abstract
+        """Step every (group, parameter, checked gradient) of this step."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------------
@@ -157,36 +144,15 @@ class LabOptimizer(torch.optim.Optimizer):
             cls._apply_update(p, u, step_size, lr, weight_decay)
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Like torch's, but keeps each saved state tensor's dtype (see module docstring)."""
+        """Like torch's, but keeps each saved state tensor's dtype (see module docstring) and gives groups saved
+        by an older version this version's defaults for options they lack."""
         saved_state = state_dict["state"]
         saved_ids = list(chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # a checkpoint from an older version may lack newer options
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
         params = list(chain.from_iterable(g["params"] for g in self.param_groups))
         for pid, p in zip(saved_ids, params):
             if pid in saved_state:
                 self.state[p] = _to_device(saved_state[pid], p.device)
-
-
-class BucketedSteps:
-    """Mixin for :class:`LabOptimizer` subclasses that step same-layout parameters together in buckets
-    (:mod:`soap_lab.optim.buckets`): put it before the optimizer's base class, e.g.
-    ``class Shampoo(BucketedSteps, LabOptimizer)``.
-
-    The subclass defines ``_bucket_key(gi, group, p)``: a hashable key whose first element is the group index
-    ``gi`` (parameters with equal keys are stepped together), or None for the per-parameter path
-    (:meth:`LabOptimizer._update_param`: first calls, unbucketable layouts, ``bucket=False``); and
-    ``_update_bucket(group, key, members)`` with members the list of (parameter, checked gradient).
-    """
-
-    def _update_all(self, items: List[Tuple[dict, Tensor, Tensor]]) -> None:
-        """Unbucketable parameters one by one (``_update_param``), the rest bucket by bucket (``_update_bucket``)."""
-        index = {id(g): i for i, g in enumerate(self.param_groups)}
-        groups: Dict[tuple, List[Tuple[Tensor, Tensor]]] = {}
-        for group, p, g in items:
-            key = self._bucket_key(index[id(group)], group, p)
-            if key is None:
-                self._update_param(group, p, g)
-            else:
-                groups.setdefault(key, []).append((p, g))
-        for key, members in groups.items():
-            self._update_bucket(self.param_groups[key[0]], key, members)

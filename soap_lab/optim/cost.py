@@ -5,7 +5,7 @@ ends with a broadcast of the updated parameters, so a step takes as long as the 
 SOAP step on an m×n matrix costs ≈ 6·m·n·(m+n) matmul FLOPs (rotate the gradient in, the update back, update
 both factors), plus a refresh every f steps (O(m³ + n³) plus the momentum's rotation): far from
 proportional to the parameter count that torch's default partition balances. Here a step's cost is
-estimated per parameter from its shape and the optimizer's layout rules (:func:`soap_lab.kron.make_layout`),
+estimated per parameter from its shape and the optimizer's layout rules (:func:`soap_lab.optim.kron.make_layout`),
 in units of matmul FLOPs:
 
     SOAP             step 6·N·s per rotated dimension of size s (N entries), (+4·N·s with momentum_space
@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
-from .. import kron
+from . import kron
 
 __all__ = [
     "CostWeights",
@@ -157,7 +157,7 @@ def imbalance(costs: Sequence[StepCost], partition: Sequence[Sequence[int]]) -> 
 
 
 #: Between partitions whose estimated step times are within this fraction of the best, the one with the fewest
-#: (rank, layout) buckets wins: fewer, bigger buckets mean fewer kernels per step (see optim/buckets.py), which
+#: (rank, layout) stacks wins: fewer, bigger stacks mean fewer kernels per step (see optim/stack.py), which
 #: matters on a GPU; on the lab's CPU the difference was within run-to-run noise (benchmarks/README.md).
 BUCKET_TOLERANCE = 0.005
 

@@ -7,7 +7,9 @@ estimate is generalised to rank-k tensors: one statistic per dimension,
 V̂ = Π_d r_d / mean(V)^(k-1), which is exact whenever V is a rank-1 outer product.
 
 Both estimates are per-coordinate state of the basis they live in: when a basis is refreshed its slots are
-permuted (:func:`soap_lab.kron.refresh_bases`) and :func:`permute_` reorders this state to follow.
+permuted (:func:`soap_lab.optim.kron.refresh_bases`) and :func:`permute_` reorders this state to follow.
+Every function takes a leading batch dimension with ``batched=True`` (a stack of same-shape layers; the
+statistics and means stay per layer).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .. import kron
+from . import kron
 
 Tensor = torch.Tensor
 
@@ -30,25 +32,28 @@ def init(shape: Sequence[int], *, factored: bool, dtype: torch.dtype, device: to
     return {"exp_avg_sq": torch.zeros(tuple(shape), dtype=dtype, device=device)}
 
 
-def update_(state: Dict[str, object], g: Tensor, beta2: float) -> None:
-    """EMA of g⊙g with rate ``beta2``: the full V, or the mean of g² over all dimensions but d for each d."""
+def update_(state: Dict[str, object], g: Tensor, beta2: float, *, batched: bool = False,
+            work: Optional[Tensor] = None) -> None:
+    """EMA of g⊙g with rate ``beta2``: the full V, or the mean of g² over all dimensions but d for each d
+    (``work``, shaped like g, avoids a temporary)."""
     if "exp_avg_sq" in state:
         V: Tensor = state["exp_avg_sq"]  # type: ignore[assignment]
         V.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
         return
-    g2 = g * g
-    dims = range(g.dim())
+    g2 = torch.mul(g, g, out=work)
+    off = 1 if batched else 0
+    dims = range(off, g.dim())
     for d, r in enumerate(state["exp_avg_sq_factors"]):  # type: ignore[arg-type]
-        other = [e for e in dims if e != d]
+        other = [e for e in dims if e != d + off]
         r.mul_(beta2).add_(g2.mean(dim=other), alpha=1.0 - beta2)
 
 
-def estimate(state: Dict[str, object]) -> Tensor:
-    """The second-moment estimate the inner rule divides by: V itself, or Adafactor's V̂."""
+def estimate(state: Dict[str, object], *, batched: bool = False, out: Optional[Tensor] = None) -> Tensor:
+    """The second-moment estimate the inner rule divides by: V itself, or Adafactor's V̂ (into ``out``)."""
     if "exp_avg_sq" in state:
         return state["exp_avg_sq"]  # type: ignore[return-value]
     factors: List[Tensor] = state["exp_avg_sq_factors"]  # type: ignore[assignment]
-    return rank_one(factors, factors[0].mean())  # mean(V) = mean of every r_d
+    return rank_one(factors, factors[0].mean(-1) if batched else factors[0].mean(), out=out)  # mean(V) = mean r_d
 
 
 def rank_one(stats: Sequence[Tensor], total: Tensor, out: Optional[Tensor] = None) -> Tensor:
@@ -57,7 +62,7 @@ def rank_one(stats: Sequence[Tensor], total: Tensor, out: Optional[Tensor] = Non
     (with ``total`` the overall mean) give the same V̂. A zero ``total`` gives V̂ = 0, not NaN.
 
     Stacks: with ``stats[d]`` of shape (batch, n_d) and ``total`` of shape (batch,), one estimate per layer.
-    ``out`` (for a matrix) receives the result without a temporary."""
+    ``out`` receives the result without a temporary for a matrix."""
     k = len(stats)
     lead = tuple(total.shape)
     col = lambda d: stats[d].reshape(lead + (1,) * d + (-1,) + (1,) * (k - d - 1))  # noqa: E731
@@ -71,11 +76,12 @@ def rank_one(stats: Sequence[Tensor], total: Tensor, out: Optional[Tensor] = Non
     return v_hat.div_(denom) if v_hat is out else v_hat / denom
 
 
-def permute_(state: Dict[str, object], perms: Sequence[Optional[Tensor]]) -> None:
-    """Follow a basis refresh: reorder the per-coordinate statistics along each permuted dimension."""
+def permute_(state: Dict[str, object], perms: Sequence[Optional[Tensor]], work: Optional[Tensor] = None) -> None:
+    """Follow a basis refresh: reorder the per-coordinate statistics along each permuted dimension (batched
+    when the permutations are (batch, n_d))."""
     if "exp_avg_sq" in state:
-        kron.permute_(state["exp_avg_sq"], perms)  # type: ignore[arg-type]
+        kron.permute_(state["exp_avg_sq"], perms, work=work)  # type: ignore[arg-type]
         return
     for r, order in zip(state["exp_avg_sq_factors"], perms):  # type: ignore[arg-type]
         if order is not None:
-            r.copy_(r[order])
+            r.copy_(r.gather(-1, order))

@@ -1,171 +1,31 @@
-"""Kronecker factors and their eigenbasis: the machinery Shampoo, Adafactor-in-eigenbasis and SOAP share.
+"""The dense linear algebra under the eigenbasis machinery: symmetric rank-k updates, eigendecompositions with a
+fallback chain, and the orthonormalization (QR) of a refresh. Dtypes are explicit: everything runs in the dtype it
+is given (float32 or float64; never bf16/fp16), except ``eigh``'s documented float64 fallback.
 
-Paper: Vyas et al. 2024, "SOAP: Improving and Stabilizing Shampoo using Adam", §2-§4 and Algorithms 3-4.
-
-For a layer W (m×n) with gradient G, Shampoo keeps one factor per tensor dimension,
-``GG[0] = L ≈ E[G Gᵀ]`` (m×m) and ``GG[1] = R ≈ E[Gᵀ G]`` (n×n), and the eigenbasis ``Q[d]`` of each factor.
-The three optimizers of the lab differ only in what they do *inside* that basis:
-
-    G' = project(G, Q)               # Q_Lᵀ G Q_R
-    N' = inner_rule(G')              # Adam (SOAP), Adafactor (EigenAdafactor), (λ_i μ_j)^-e (Shampoo)
-    N  = project_back(N', Q)         # Q_L N' Q_Rᵀ
-
-Everything here works for tensors of any rank: dimension ``d`` of a tensor carries a factor
-``GG[d]`` (n_d × n_d) and a basis ``Q[d]``, or ``None`` where the dimension is left in the identity basis
-(it is larger than ``max_precond_dim``, it is a 1-D parameter without ``precondition_1d``, or it is the
-larger side of a ``one_sided`` layer). State names ``GG`` and ``Q`` follow the reference ``soap.py``.
-
-Linear-algebra dtypes are explicit: factors and bases are kept in the dtype the caller chooses
-(``float32``, or ``float64`` for float64 parameters; never bf16/fp16); ``eigh`` falls back to float64 and then
-to growing diagonal jitter (see :func:`eigh_descending`); the QR of a refresh runs in the factor's dtype
-(:func:`orthonormalize`: Householder, or Cholesky-QR checked against a tolerance with a Householder fallback).
-
-Every function here also accepts a leading batch dimension where noted ("batched"): the optimizers stack
-same-shape parameters into buckets and call the same functions once per bucket.
+Paper map: Algorithm 4's ``qr(P Q)`` is :func:`orthonormalize`; the "eigh" refresh of Fig. 7 (right) and
+Shampoo's inverse roots use :func:`eigh_descending`; the factor update L ← βL + (1−β)GGᵀ runs on :func:`syrk_`.
+Every function accepts a leading batch dimension (a stack of same-shape matrices).
 """
 from __future__ import annotations
 
 import math
 import warnings
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 
 Tensor = torch.Tensor
-Bases = List[Optional[Tensor]]
 
-__all__ = [
-    "KronLayout",
-    "make_layout",
-    "merged_shape",
-    "init_factors",
-    "update_factors_",
-    "syrk_",
-    "eigh_descending",
-    "init_bases",
-    "refresh_bases",
-    "rotated_diagonal",
-    "orthonormalize",
-    "householder_q",
-    "ORTHO_METHODS",
-    "ORTHO_STATS",
-    "project",
-    "project_back",
-    "permute_",
-    "state_dtype_for",
-]
-
-
-def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
-    """Dtype of optimizer state and linear algebra for a parameter dtype: float64 stays float64, everything
-    else (float32, bf16, fp16) uses float32 — low-precision factors make eigh/QR meaningless."""
-    return torch.float64 if param_dtype == torch.float64 else torch.float32
+__all__ = ["syrk_", "SYRK_BLOCK_MIN", "eigh_descending", "EIGH_JITTERS", "orthonormalize", "householder_q",
+           "ORTHO_METHODS", "ORTHO_STATS", "CHOLESKY_QR_TOL"]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Which dimensions carry a factor
+# Symmetric rank-k update
 # ----------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KronLayout:
-    """How a parameter's tensor is seen by the Kronecker machinery.
-
-    Attributes:
-        shape: the shape the factors act on (the parameter's shape, or its merged shape with ``merge_dims``;
-            a 0-d parameter is seen as shape ``(1,)``).
-        precond: one flag per dimension of ``shape``: True where the dimension has a factor ``GG[d]`` and a
-            basis ``Q[d]``, False where it stays in the identity basis.
-    """
-
-    shape: Tuple[int, ...]
-    precond: Tuple[bool, ...]
-
-    @property
-    def n_precond(self) -> int:
-        """Number of preconditioned dimensions (0: the optimizer degenerates to its diagonal rule)."""
-        return sum(self.precond)
-
-
-def merged_shape(shape: Sequence[int], max_precond_dim: int) -> Tuple[int, ...]:
-    """Merge consecutive dimensions, left to right, while their product stays ≤ ``max_precond_dim``.
-
-    This is the reference ``merge_dims`` rule, kept as is for drop-in parity: a conv kernel (128, 64, 3, 3)
-    with max 10000 becomes (8192, 9), (32, 16, 3, 3) becomes (4608,)
-    and (4, 4, 4) with max 100 becomes (64,).
-    """
-    out: List[int] = []
-    current = 1
-    for size in shape:
-        if current * size > max_precond_dim:
-            if current > 1:
-                out.append(current)
-                current = size
-            else:
-                out.append(size)
-                current = 1
-        else:
-            current *= size
-    if current > 1 or not out:
-        out.append(current)
-    return tuple(out)
-
-
-#: ``merge_dims`` warns when merging creates a preconditioned dimension larger than this.
-MERGE_WARN_DIM = 2048
-
-
-def make_layout(
-    shape: Sequence[int],
-    *,
-    max_precond_dim: int = 10000,
-    merge_dims: bool = False,
-    precondition_1d: bool = False,
-    one_sided: bool = False,
-) -> KronLayout:
-    """The layout rules of the reference SOAP, plus one-sided SOAP (paper §7).
-
-    - 1-D parameters get a factor only with ``precondition_1d`` (and size ≤ ``max_precond_dim``);
-      otherwise the optimizer runs its diagonal rule (AdamW for SOAP).
-    - ``merge_dims`` merges dimensions of ≥2-D tensors (see :func:`merged_shape`). It can build factors far
-      larger than any of the tensor's own dimensions: the reference rule turns a 16×16×3×3 conv into one
-      2304×2304 factor: each refresh then costs O(2304³) (QR or eigh of the factor) instead of O(16³) per
-      factor without merging, and each step O(2304²); it warns above :data:`MERGE_WARN_DIM`.
-    - A dimension larger than ``max_precond_dim`` gets the identity (e.g. the vocabulary side of embeddings);
-      ``max_precond_dim=0`` therefore turns every rotation off.
-    - ``one_sided`` keeps only the factor of the smallest preconditioned dimension (the first one on ties):
-      memory 2·min(m,n)² instead of 2m² + 2n².
-    """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 0:
-        return KronLayout((1,), (False,))
-    if len(shape) == 1:
-        return KronLayout(shape, (bool(precondition_1d and shape[0] <= max_precond_dim),))
-    if merge_dims:
-        original, shape = shape, merged_shape(shape, max_precond_dim)
-        big = max((s for s in shape if s <= max_precond_dim), default=0)
-        if big > MERGE_WARN_DIM:
-            warnings.warn(
-                f"merge_dims turns a {original} parameter into {shape}: a {big}×{big} factor, O({big}³) per "
-                f"refresh and per step's projections; lower max_precond_dim or set merge_dims=False",
-                RuntimeWarning, stacklevel=2)
-    precond = [s <= max_precond_dim for s in shape]
-    if one_sided and sum(precond) > 1:
-        keep = min((s, d) for d, s in enumerate(shape) if precond[d])[1]
-        precond = [d == keep for d in range(len(shape))]
-    return KronLayout(shape, tuple(precond))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Factors
-# ----------------------------------------------------------------------------------------------------------
-def init_factors(layout: KronLayout, *, dtype: torch.dtype, device: torch.device) -> Bases:
-    """Zero factors ``GG[d]`` (n_d × n_d) for the preconditioned dimensions, ``None`` elsewhere."""
-    return [torch.zeros(s, s, dtype=dtype, device=device) if p else None for s, p in zip(layout.shape, layout.precond)]
-
-
 #: syrk_ splits a product into 2×2 blocks while its size is at least this (below, one GEMM is as fast;
-#: measured on the lab's 2-core CPU: 1536 and 1152 gain ~10% from one split, smaller blocks lose it again).
+#: the measurement is in benchmarks/README.md).
 SYRK_BLOCK_MIN = 1024
 
 
@@ -196,31 +56,6 @@ def syrk_(C: Tensor, A: Tensor, beta: float = 0.0, alpha: float = 1.0, *, mirror
     if mirror:
         C[..., :k, k:].copy_(C21.mT)
     return C
-
-
-def _unfold(x: Tensor, d: int) -> Tensor:
-    """Mode-d unfolding: dimension d first, all others flattened (n_d × prod(others))."""
-    return x.movedim(d, 0).reshape(x.shape[d], -1)
-
-
-def update_factors_(GG: Bases, g: Tensor, beta: float) -> None:
-    """EMA update of the factors in place: ``GG[d] ← β·GG[d] + (1−β)·G_(d) G_(d)ᵀ``.
-
-    ``G_(d)`` is the mode-d unfolding, so for a matrix ``GG[0] += G Gᵀ`` and ``GG[1] += Gᵀ G``.
-    ``g`` must already be in the layout's shape and the factors' dtype. The product is accumulated in place
-    by :func:`syrk_` (GEMMs with β, no temporary, only the lower blocks of large factors). A 1-D parameter's factor is an outer product with no sum in
-    it: it is formed and blended exactly as the reference does (``lerp_``), which reproduces the reference's
-    rounding bit for bit — that matters there because a rank-1 factor's null space, and so the basis eigh
-    picks for it, is decided by round-off.
-    """
-    for d, P in enumerate(GG):
-        if P is None:
-            continue
-        flat = _unfold(g, d)
-        if flat.shape[1] == 1:
-            P.lerp_(flat @ flat.T, 1.0 - beta)
-        else:
-            syrk_(P, flat, beta, 1.0 - beta)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -285,70 +120,6 @@ def _eigh_descending_stack(P: Tensor, return_eigenvalues: bool):
         evals[i], evecs[i] = eigh_descending(Pb[i], return_eigenvalues=True)
     evals, evecs = evals.reshape(P.shape[:-1]), evecs.reshape(P.shape)
     return (evals, evecs) if return_eigenvalues else evecs
-
-
-def init_bases(GG: Bases) -> Bases:
-    """First basis from a full eigendecomposition of each factor (reference: at the first call)."""
-    return [None if P is None else eigh_descending(P) for P in GG]
-
-
-def rotated_diagonal(q: Tensor, PQ: Tensor, work: Optional[Tensor] = None) -> Tensor:
-    """``diag(Qᵀ P Q)`` from Q and the product P·Q (batched; ``work``, shaped like Q, avoids a temporary): the
-    factor's eigenvalue estimates in basis Q (paper Algorithm 4's sort), and Adafactor's row/column statistics
-    read off Shampoo's factors (EigenAdafactor's ``statistics="factors"``, Claim 1)."""
-    return torch.mul(q, PQ, out=work).sum(-2)
-
-
-def refresh_bases(
-    GG: Bases, Q: Bases, method: str = "qr", qr_method: str = "householder", *,
-    out: Optional[Bases] = None, work: Optional[Callable[[Tensor, int], List[Tensor]]] = None,
-) -> Tuple[Bases, List[Optional[Tensor]]]:
-    """Refresh each basis; return the new bases and, per dimension, the permutation applied to its slots.
-
-    The current basis columns are sorted by their estimated eigenvalues ``diag(Qᵀ P Q)`` (descending), and the
-    caller must reorder its per-coordinate state (Adam's V, Adafactor's row/column statistics) along that
-    dimension with the same permutation (:func:`permute_`), so that slot i keeps tracking the i-th direction.
-
-    ``method="qr"`` (paper Algorithm 4): one power-iteration step ``Q ← qr(P Q[:, order]).Q``; the product
-    ``P Q`` is computed once and reused for the eigenvalue estimate. ``qr_method`` picks the orthonormalization
-    (:func:`orthonormalize`; both give the same Q up to round-off and column signs, which the optimizers'
-    updates do not depend on).
-    ``method="eigh"``: a full eigendecomposition (paper Fig. 7 right); slot i is matched to the i-th largest
-    eigenvalue, which is what the sort of the old basis lines up with.
-
-    Batched: ``GG[d]`` and ``Q[d]`` may carry a leading batch dimension (a bucket of same-shape parameters);
-    each matrix of the batch is refreshed on its own, and the permutations are then (batch, n_d).
-
-    Buffers (optional; same numbers either way): ``out[d]`` receives the new basis of dimension d in place and
-    may be ``Q[d]`` itself (Q[d] is read only before out[d] is written); ``work(like, 2)`` returns two scratch
-    tensors shaped like ``GG[d]`` (e.g. :meth:`soap_lab.optim.buckets.Workspace.buffers`) for P·Q, its sorted
-    copy and the Gram matrix. With both, a QR refresh allocates nothing of size n² — on a CPU, fresh large
-    allocations cost page faults on first touch, measurably so at these sizes.
-    """
-    if method not in ("qr", "eigh"):
-        raise ValueError(f"refresh method must be 'qr' or 'eigh', got {method!r}")
-    new_Q: Bases = []
-    perms: List[Optional[Tensor]] = []
-    for d, (P, q) in enumerate(zip(GG, Q)):
-        if P is None:
-            new_Q.append(None)
-            perms.append(None)
-            continue
-        A, B = work(P, 2) if work is not None else (torch.empty_like(P), torch.empty_like(P))
-        PQ = torch.matmul(P, q, out=A)
-        est_eig = rotated_diagonal(q, PQ, work=B)
-        order = torch.argsort(est_eig, dim=-1, descending=True, stable=True)
-        target = None if out is None else out[d]
-        if method == "qr":
-            X = torch.gather(PQ, -1, order.unsqueeze(-2).expand_as(PQ), out=B)
-            new = orthonormalize(X, qr_method, out=target, work=A)  # A (P·Q) is free once gathered
-        else:
-            new = eigh_descending(P)
-            if target is not None:
-                new = target.copy_(new)
-        new_Q.append(new)
-        perms.append(order)
-    return new_Q, perms
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -484,11 +255,7 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
     ``work`` (k×k per matrix, not aliasing X or out) holds the Gram matrix and its Cholesky factor. X is not
     modified (the Householder fallback needs it).
 
-    Speed (``benchmarks/orthonormalize.py``, 2-core CPU, float32, batches of 4; ``data/bench/orthonormalize_*``):
-    once the basis tracks the factor (refresh at step 50) one pass suffices and Cholesky-QR is 1.3–2.4× faster
-    than Householder for n = 384 … 3072 (two runs); in a run's first refreshes the stale basis makes P·Q far
-    from orthogonal (cond 25–700), every matrix needs the second pass and Cholesky-QR is 0.7–1.07×
-    Householder's speed. The default follows the long run.
+    Which is faster depends on how far the basis is from the factor's; measured in ``benchmarks/README.md``.
     """
     if method not in ORTHO_METHODS:
         raise ValueError(f"orthonormalization must be one of {ORTHO_METHODS}, got {method!r}")
@@ -539,52 +306,3 @@ def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[floa
     if out is None:
         return Q.view(X.shape)
     return out if direct else out.copy_(Q.view(X.shape))
-
-
-def permute_(x: Tensor, perms: Sequence[Optional[Tensor]], work: Optional[Tensor] = None) -> Tensor:
-    """Reorder ``x`` (layout-shaped, per-coordinate state) along each dimension by ``perms[d]``, in place.
-
-    Batched: with (batch, n_d) permutations, ``x`` is (batch, *layout) and matrix b follows ``perms[d][b]``.
-    ``work`` (shaped like x, optional): scratch space; the gathers then alternate between it and x.
-    """
-    y = x
-    for d, order in enumerate(perms):
-        if order is None:
-            continue
-        dst = None if work is None else (work if y is x else x)
-        if order.dim() == 1:
-            y = torch.index_select(y, d, order, out=dst) if dst is not None else y.index_select(d, order)
-        else:
-            shape = [1] * y.dim()
-            shape[0], shape[d + 1] = order.shape
-            index = order.reshape(shape).expand(y.shape)
-            y = torch.gather(y, d + 1, index, out=dst) if dst is not None else y.gather(d + 1, index)
-    if y is not x:
-        x.copy_(y)
-    return x
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Projections
-# ----------------------------------------------------------------------------------------------------------
-def _mode_product(x: Tensor, M: Tensor, d: int) -> Tensor:
-    """``x ×_d Mᵀ``: new[..., j, ...] = Σ_i x[..., i, ...] M[i, j] along dimension d."""
-    if x.dim() == 2:
-        return M.T @ x if d == 0 else x @ M
-    return (x.movedim(d, -1) @ M).movedim(-1, d)
-
-
-def project(x: Tensor, Q: Bases) -> Tensor:
-    """Rotate ``x`` into the eigenbasis: ``Q_Lᵀ X Q_R`` for a matrix, one mode product per dimension for nD."""
-    for d, q in enumerate(Q):
-        if q is not None:
-            x = _mode_product(x, q, d)
-    return x
-
-
-def project_back(x: Tensor, Q: Bases) -> Tensor:
-    """Rotate ``x`` back to the parameter's space: ``Q_L X' Q_Rᵀ`` (inverse of :func:`project`)."""
-    for d, q in enumerate(Q):
-        if q is not None:
-            x = _mode_product(x, q.T, d)
-    return x
