@@ -154,3 +154,33 @@ def test_main_ablations_runs_a_study_through_its_notebook(smoke_pool, tmp_path):
     assert (tmp_path / "fig" / "lr_sweep.png").exists()
     # without papermill (the GPU machine): the same study through soap_lab directly, nothing to retrain here
     assert figures.main_ablations(argv + ["--no-papermill"]) == 0
+
+
+def test_every_notebook_passes_nbval_lax_on_the_committed_results(tmp_path):
+    """Each notebook, given cheap parameters by papermill's own injection (training notebooks plot the committed
+    records, ``train=False``; the overhead notebook plots the stored study; the equivalence notebook runs its
+    teaching defaults), executes cell by cell under ``pytest --nbval-lax`` in a fresh kernel. Figures and data go
+    to a temporary folder, so the committed ones are untouched."""
+    pytest.importorskip("nbval")
+    import subprocess
+    import sys
+
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    out = tmp_path / "out"
+    cheap = {name: {"train": False} for name in TRAINING}
+    cheap["overhead"] = {"measure": False}
+    cheap["equivalence"] = {"data_dir": str(out / "equivalence")}
+    assert set(cheap) == {p.stem for p in NOTEBOOKS.glob("*.ipynb")}  # every notebook, no more
+    for name, params in cheap.items():
+        nb = load_notebook_node(str(NOTEBOOKS / f"{name}.ipynb"))
+        nb = parameterize_notebook(nb, {**params, "figures_dir": str(out / "figures" / name), "torch_threads": 1})
+        nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                          *sorted(str(p) for p in tmp_path.glob("*.ipynb"))], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and "failed" not in res.stdout
+    assert len(list((out / "figures").rglob("*.png"))) >= len(cheap)
