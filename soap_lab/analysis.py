@@ -518,14 +518,14 @@ def _teaching_problem(m: int, n: int, condition: float, noise: float, batch: int
 def _gpt_problem(preset: str, batch: int, seed: int):
     import torch
 
-    from . import data, models
+    from . import batches, data, models
 
     tok = data.get_tokenizer("char", "austen")
     stream = data.token_stream("austen", "char", split="train")
     cfg = models.gpt_config(preset, tok.vocab_size)
     torch.manual_seed(seed)
     model = models.GPT(cfg).double()
-    sampler = data.BatchSampler(stream, batch, cfg.seq_len, seed=seed)
+    sampler = batches.BatchSampler(stream, batch, cfg.seq_len, seed=seed)
 
     def loss_fn():
         x, y = sampler.next()

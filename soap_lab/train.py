@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from . import checkpoint, results
+from . import batches, checkpoint, results
 from .optim import OPTIMIZERS, build_optimizer, takes_frequency
 from .optim import keywords as optimizer_keywords
 from .schedule import lr_at, warmup_steps_for
@@ -450,10 +450,10 @@ def train(config: TrainConfig) -> RunResult:
         optimizer = build_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
 
     # The sampler's batch_size is per rank; together the ranks draw the same global batch as one process.
-    sampler = data.BatchSampler(
+    sampler = batches.BatchSampler(
         train_tokens, config.batch_size // world, seq_len, seed=config.seed, rank=rank, world_size=world
     )
-    val = data.eval_batches(val_tokens, config.eval_batch_size or config.batch_size, seq_len, config.eval_batches)
+    val = batches.eval_batches(val_tokens, config.eval_batch_size or config.batch_size, seq_len, config.eval_batches)
 
     metrics: Dict[str, List[Any]] = {
         k: [] for k in ("step", "loss", "lr", "grad_norm", "time", "step_time", "opt_time",
