@@ -47,14 +47,14 @@ def _split_hparams(pairs) -> tuple:
 
 
 def _presets() -> Optional[List[str]]:
-    from .train import _presets as presets
+    from .train_config import preset_names
 
-    p = presets()
+    p = preset_names()
     return list(p) if p is not None else None
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from .train import DTYPES, PRECISIONS, TrainConfig
+    from .train_config import DTYPES, PRECISIONS, TrainConfig
 
     d = TrainConfig()
     g = p.add_argument_group("run (defaults: TrainConfig's)")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _base_config(args: argparse.Namespace, hparams: Dict[str, Any], **extra: Any):
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     return TrainConfig(
         experiment=args.experiment,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import results
+from .optim import takes_frequency
+from .train_config import TrainConfig
 
 #: The studies of the paper's figures (each has a notebook).
 STUDIES = ("lr_sweep", "frequency", "comparison", "batch_size", "variants")
@@ -126,9 +128,7 @@ def get_scale(name: str, **overrides: Any) -> Scale:
     return sc
 
 
-def _base(scale: Scale, root: Optional[str]):
-    from .train import TrainConfig
-
+def _base(scale: Scale, root: Optional[str]) -> TrainConfig:
     return TrainConfig(
         experiment=scale.experiment, preset=scale.preset, tokenizer=scale.tokenizer,
         batch_size=scale.batch_size, steps=scale.steps, eval_every=scale.eval_every,
@@ -141,11 +141,9 @@ def _config(scale: Scale, root: Optional[str], optimizer: str, lr: float, **fiel
     if optimizer == "shampoo":
         hparams = {**SHAMPOO_BASELINE, **hparams}
     f = fields.pop("precondition_frequency", scale.base_frequency)
-    from .train import TAKES_FREQUENCY
-
     return dataclasses.replace(
         _base(scale, root), optimizer=optimizer, lr=float(lr), hparams=hparams,
-        precondition_frequency=f if optimizer in TAKES_FREQUENCY else None, **fields)
+        precondition_frequency=f if takes_frequency(optimizer) else None, **fields)
 
 
 def label(config: Any) -> str:

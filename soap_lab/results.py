@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from .distributed import broadcast_from_rank0, init_distributed_for
+from .optim import takes_frequency
+
 __all__ = [
     "REPO_ROOT",
     "DEFAULT_RUNS_ROOT",
@@ -427,12 +430,10 @@ def grid(
 
     ``base`` is a ``TrainConfig``; ``fixed`` overrides its fields for every point (e.g. ``batch_size=64``).
     An axis left as ``None`` keeps the base value. Frequencies apply only to optimizers that take a
-    ``precondition_frequency`` (``train.TAKES_FREQUENCY``); the others get ``None`` once, not once per
+    ``precondition_frequency`` (``soap_lab.optim.takes_frequency``); the others get ``None`` once, not once per
     frequency. ``optimizer_hparams[name]`` is merged over ``base.hparams`` for optimizer ``name`` only
     (e.g. Shampoo's ``exponent``). Points are unique by run id.
     """
-    from .train import TAKES_FREQUENCY
-
     base = dataclasses.replace(base, **fixed)
     opts = list(optimizers) if optimizers else [base.optimizer]
     freqs = list(frequencies) if frequencies else [base.precondition_frequency]
@@ -440,7 +441,7 @@ def grid(
     seen = set()
     per_opt = dict(optimizer_hparams or {})
     for opt in opts:
-        opt_freqs = freqs if opt in TAKES_FREQUENCY else [None]
+        opt_freqs = freqs if takes_frequency(opt) else [None]
         hparams = {**base.hparams, **per_opt.get(opt, {})}
         for f in opt_freqs:
             for lr in (lrs or [base.lr]):
@@ -496,7 +497,7 @@ def run_sweep(
     from . import train as train_mod
 
     train_fn = train_fn or train_mod.train
-    rank, _world, _local = train_mod.init_distributed_for(configs[0] if configs else None)
+    rank, _world, _local = init_distributed_for(configs[0] if configs else None)
     out: List[Dict[str, Any]] = []
     to_train = sum(1 for c in configs if not (skip_existing and has_record(c))) if log else 0
     trained, spent = 0, 0.0
@@ -504,7 +505,7 @@ def run_sweep(
         rid = run_id(cfg)
         path = record_path(cfg)
         skip = skip_existing and has_record(cfg)
-        skip = train_mod.broadcast_from_rank0(skip)
+        skip = broadcast_from_rank0(skip)
         if skip:
             if log and rank == 0:
                 log(f"[{n}/{len(configs)}] skip {rid} (record exists)")
