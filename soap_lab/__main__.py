@@ -222,7 +222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from . import results
+    from . import results, sweep
     from .train import train
 
     try:
@@ -238,15 +238,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config.validate()
             configs = [config]
         else:
-            i, n = results.parse_shard(args.shard)
+            i, n = sweep.parse_shard(args.shard)
             base = _base_config(args, common)
-            configs = results.grid(
+            configs = sweep.grid(
                 base, optimizers=args.optimizers, frequencies=args.frequencies, lrs=args.lrs,
                 seeds=args.seeds, budget_fractions=args.budget_fractions, optimizer_hparams=per_optimizer,
             )
             for c in configs:
                 c.validate()
-            configs = results.shard(configs, i, n)
+            configs = sweep.shard(configs, i, n)
     except ValueError as e:
         parser.error(str(e))  # exits with code 2
 
@@ -268,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for c in configs:
                 print(f"  {'done' if results.has_record(c) else 'todo'}  {results.record_path(c)}")
             return 0
-        results.run_sweep(configs, skip_existing=not args.force, after_run=lambda c, r: _report(r))
+        sweep.run_sweep(configs, skip_existing=not args.force, after_run=lambda c, r: _report(r))
         return 0
     except _data_errors() as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

@@ -3,7 +3,7 @@
 Every experiment of one scale shares one run pool, ``data/runs/paper_<scale>/``: a run needed by several
 figures (e.g. SOAP at f=10 and the tuned learning rate is in the frequency ablation, the comparison, the
 variants and the batch-size study) is trained once. Each function returns the configs of one study; the
-sweep engine (:func:`soap_lab.results.run_sweep`) skips runs whose record exists, so every study resumes.
+sweep engine (:func:`soap_lab.sweep.run_sweep`) skips runs whose record exists, so every study resumes.
 
 Protocol (as the paper, scaled down): the learning rate of each optimizer is tuned by a small sweep at f=10
 (``lr_sweep``); every other study uses the tuned value. β1 = β2 = 0.95. Shampoo is the paper's baseline
@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import results
+from . import results, sweep
 from .optim import takes_frequency
 from .train_config import TrainConfig
 
@@ -265,5 +265,5 @@ def run(study: str, scale: Scale, root: Optional[str] = None, shard: Optional[Tu
             configs(study, scale, root)
     todo = configs(study, scale, root)
     if shard is not None:
-        todo = results.shard(todo, *shard)
-    return results.run_sweep(todo, log=log)
+        todo = sweep.shard(todo, *shard)
+    return sweep.run_sweep(todo, log=log)

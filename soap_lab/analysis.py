@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import ablations, results
+from .provenance import provenance
 
 __all__ = [
     "StudyData",
@@ -291,14 +292,6 @@ def variants_table(sd: StudyData):
 
 
 # ================================================================================ stored data files
-def provenance(device: str = "cpu") -> Dict[str, Any]:
-    """Environment, git commit and time of a computed data set (as run records carry)."""
-    prov = results.environment_info(device)
-    git = results.git_info()
-    prov.update(git_commit=git["commit"], git_dirty=git["dirty"], time=results.now_iso())
-    return prov
-
-
 def _json_ready(obj: Any) -> Any:
     """NaN/inf floats -> None (strict JSON), recursively."""
     if isinstance(obj, float):

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from . import ablations, analysis, results
+from . import ablations, analysis, results, sweep
 from . import params as P
 from .params import ParameterError
 
@@ -194,7 +194,7 @@ def run_study(study: str, sc, results_root=None, shard: Optional[str] = None, tr
     shard_t = None
     if shard:
         try:
-            shard_t = results.parse_shard(shard)
+            shard_t = sweep.parse_shard(shard)
         except ValueError as e:
             raise ParameterError(str(e)) from None
     if train:
@@ -528,7 +528,7 @@ def main_ablations(argv: Optional[Sequence[str]] = None) -> int:
         sc = notebook_scale(args.scale, device=args.device, overrides=args.scale_overrides,
                             torch_threads=args.torch_threads)
         if args.shard:
-            results.parse_shard(args.shard)
+            sweep.parse_shard(args.shard)
     except ValueError as e:
         p.error(str(e))
     chosen = [s for s in studies if s in (args.study or studies)]

@@ -21,7 +21,7 @@ import argparse
 import sys
 from typing import Any, List, Optional, Sequence
 
-from . import ablations, results
+from . import ablations, sweep
 
 __all__ = ["PRECONDITIONED", "ARMS", "seeded", "batch", "long", "order_for_training", "run", "main"]
 
@@ -80,14 +80,14 @@ def order_for_training(cfgs: Sequence[Any], first_frequencies: Sequence[int] = (
 def run(scale, arms: Sequence[str] = ARMS, root: Optional[str] = None, log=print) -> None:
     """Train the missing runs: the lr sweep (``scale.lr_seeds``), then each arm of ``arms`` in training order.
 
-    Resumable: finished records are skipped (``results.run_sweep``).
+    Resumable: finished records are skipped (``sweep.run_sweep``).
     """
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise ValueError(f"unknown arm {bad[0]!r}; allowed: {', '.join(ARMS)}")
-    results.run_sweep(ablations.lr_sweep(scale, root), log=log)
+    sweep.run_sweep(ablations.lr_sweep(scale, root), log=log)
     for arm in arms:
-        results.run_sweep(order_for_training(globals()[arm](scale, root)), log=log)
+        sweep.run_sweep(order_for_training(globals()[arm](scale, root)), log=log)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

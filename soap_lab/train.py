@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from . import batches, checkpoint, data, models, results
 from .distributed import any_rank, init_distributed_for, resolve_device
 from .optim import build_optimizer
+from .provenance import environment_info, git_info, now_iso
 from .schedule import lr_at
 # The config is part of this module's API (``train(TrainConfig)``); TAKES_FREQUENCY is kept importable from here.
 from .train_config import TAKES_FREQUENCY, TrainConfig, effective_steps, effective_warmup, optimizer_kwargs
@@ -150,7 +151,7 @@ def _load_data(config: TrainConfig):
 def train(config: TrainConfig) -> RunResult:
     """Train one run; on rank 0 write its record (when ``config.save``) and return its results."""
     config.validate()
-    start_iso = results.now_iso()
+    start_iso = now_iso()
     rank, world, local_rank = init_distributed_for(config)
     device = resolve_device(config.device, local_rank)
     precision = "fp32" if config.dtype == "float64" else config.precision
@@ -299,7 +300,7 @@ def train(config: TrainConfig) -> RunResult:
     summary["num_params"] = sum(p.numel() for p in model.parameters())
     summary["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     provenance = {
-        **results.environment_info(device),
+        **environment_info(device),
         "git_commit": None,
         "git_dirty": None,
         "world_size": world,
@@ -307,9 +308,9 @@ def train(config: TrainConfig) -> RunResult:
         "zero_estimated_imbalance": optimizer.estimated_imbalance() if config.zero else None,
         "resumed_from_step": start or None,
         "start_time": start_iso,
-        "end_time": results.now_iso(),
+        "end_time": now_iso(),
     }
-    git = results.git_info()
+    git = git_info()
     provenance["git_commit"], provenance["git_dirty"] = git["commit"], git["dirty"]
     result = RunResult(results.run_id(config), config, metrics, summary, provenance,
                        model=dataclasses.asdict(model_cfg))
