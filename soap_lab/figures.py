@@ -9,7 +9,7 @@ results at all is skipped with a one-line message naming the command that produc
 papermill with the scale, device and shard as parameters; executed copies go to ``notebooks/executed/``
 (git-ignored). Finished runs are skipped by the sweep engine, so an interrupted call resumes. Without
 papermill (the GPU machine), or with ``--no-papermill``, the same studies run through ``soap_lab`` directly
-(``ablations.run``, ``analysis``, ``overhead``) and the figures are drawn later by ``make figures``.
+(``ablations.run``, ``claim1``, ``overhead``) and the figures are drawn later by ``make figures``.
 
 Notebook helpers: :func:`notebook_scale` (validates the parameters cell, one-line :class:`ParameterError`),
 :func:`run_study` (train the missing runs, or check they exist) and :func:`draw` (one figure).
@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from . import ablations, analysis, results, sweep
+from . import ablations, analysis, claim1, results, stored, sweep
 from . import params as P
 from .params import ParameterError
+from .provenance import provenance
 
 __all__ = [
     "ParameterError",
@@ -288,7 +289,7 @@ EXPONENT_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(19))
 
 
 def claim1_cache(n_batches: int = 64, max_staleness: int = 40):
-    """``study(m, n, condition, exponent)``: ``analysis.claim1_study`` on :data:`EXPONENT_GRID` (plus
+    """``study(m, n, condition, exponent)``: ``claim1.claim1_study`` on :data:`EXPONENT_GRID` (plus
     ``exponent`` if it is off the grid), cached: only a new shape or conditioning recomputes it; the exponent and
     staleness sliders then only redraw."""
     import functools
@@ -296,7 +297,7 @@ def claim1_cache(n_batches: int = 64, max_staleness: int = 40):
     @functools.lru_cache(maxsize=32)
     def cached(m: int, n: int, condition: float, extra: Optional[float]):
         exps = sorted({*EXPONENT_GRID, *((extra,) if extra is not None else ())})
-        return analysis.claim1_study(m=m, n=n, condition=condition, n_batches=n_batches, exponents=exps,
+        return claim1.claim1_study(m=m, n=n, condition=condition, n_batches=n_batches, exponents=exps,
                                      max_staleness=max_staleness)
 
     def study(m: int, n: int, condition: float, exponent: float):
@@ -311,7 +312,7 @@ def claim1_widget(m: int = 16, n: int = 12, condition: float = 100.0, exponent: 
                   max_staleness: int = 40, n_batches: int = 64):
     """Sliders (ipywidgets) over Claim 1 on the teaching problem: shape, conditioning, exponent, staleness.
 
-    A new shape or conditioning recomputes ``analysis.claim1_study`` (float64, about half a second at the
+    A new shape or conditioning recomputes ``claim1.claim1_study`` (float64, about half a second at the
     defaults); the exponent and staleness sliders only redraw ``plotting.plot_claim1`` with the chosen values
     circled (:func:`claim1_cache`). Needs a live Jupyter kernel.
     """
@@ -420,18 +421,18 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
             return fn(datas, out, name=name, overhead=_overhead_data(scs, overhead_dir))
         return fn(datas, out, name=name)
     if name == "overhead":
-        odir = Path(overhead_dir) if overhead_dir is not None else analysis.OVERHEAD_DIR
+        odir = Path(overhead_dir) if overhead_dir is not None else stored.OVERHEAD_DIR
         datas = _overhead_data(scs, odir)
         if not any(v is not None for v in datas.values()):
             raise ablations.MissingResults(f"overhead: no timing study under {odir}: run "
                                            "`make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study overhead`)")
         runs = _study_datas("frequency", {k: scs[k] for k, v in datas.items() if v is not None}, root, cache)
         return plotting.plot_overhead(datas, out, name=name, runs=runs)
-    edir = Path(equivalence_dir) if equivalence_dir is not None else analysis.EQUIVALENCE_DIR
+    edir = Path(equivalence_dir) if equivalence_dir is not None else stored.EQUIVALENCE_DIR
     hint = "make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study equivalence`"
     if name == "equivalence_claim1":
-        return plotting.plot_claim1(analysis.load_json(edir / CLAIM1_FILE, "Claim 1 data", hint), out, name=name)
-    return plotting.plot_gap(analysis.load_json(edir / GAP_FILE, "gap-trajectory data", hint), out, name=name)
+        return plotting.plot_claim1(stored.load_json(edir / CLAIM1_FILE, "Claim 1 data", hint), out, name=name)
+    return plotting.plot_gap(stored.load_json(edir / GAP_FILE, "gap-trajectory data", hint), out, name=name)
 
 
 def main_figures(argv: Optional[Sequence[str]] = None) -> int:
@@ -472,12 +473,12 @@ def main_figures(argv: Optional[Sequence[str]] = None) -> int:
 
 # ========================================================================================== ablations
 def _equivalence_direct(data_dir: Optional[Path], log) -> List[Path]:
-    d = Path(data_dir) if data_dir is not None else analysis.EQUIVALENCE_DIR
-    c = analysis.claim1_study()
-    c["provenance"] = analysis.provenance()
-    g = analysis.gap_trajectory()
-    g["provenance"] = analysis.provenance()
-    paths = [analysis.save_json(c, d / CLAIM1_FILE), analysis.save_json(g, d / GAP_FILE)]
+    d = Path(data_dir) if data_dir is not None else stored.EQUIVALENCE_DIR
+    c = claim1.claim1_study()
+    c["provenance"] = provenance()
+    g = claim1.gap_trajectory()
+    g["provenance"] = provenance()
+    paths = [stored.save_json(c, d / CLAIM1_FILE), stored.save_json(g, d / GAP_FILE)]
     if log:
         log(f"equivalence: wrote {paths[0]} and {paths[1]}")
     return paths

@@ -25,7 +25,7 @@ import matplotlib.ticker as mticker
 import numpy as np
 import seaborn as sns
 
-from . import analysis
+from . import analysis, stored
 
 __all__ = [
     "PALETTE",
@@ -516,7 +516,7 @@ def _load(v) -> str:
 
 # =========================================================================================== equivalence
 def plot_claim1(d: Mapping[str, Any], figures_dir=None, name: str = "equivalence_claim1", highlight: Optional[Mapping[str, Any]] = None):
-    """Claim 1 on the teaching problem (``analysis.claim1_study``): the statistics are the eigenvalues, the two
+    """Claim 1 on the teaching problem (``claim1.claim1_study``): the statistics are the eigenvalues, the two
     updates agree, and the identity breaks with e ≠ ½, without the trace factor, with ε, in a stale basis.
 
     ``figures_dir=None`` returns the figure (interactive use) instead of saving it.
@@ -589,13 +589,13 @@ def plot_claim1(d: Mapping[str, Any], figures_dir=None, name: str = "equivalence
 
 def plot_gap(d: Mapping[str, Any], figures_dir=None, name: str = "equivalence_gap"):
     """The measured gap to idealized Shampoo^½ along training trajectories vs the age of the basis
-    (``analysis.gap_trajectory``): median (and interquartile band) over steps and layers at each age; one row
+    (``claim1.gap_trajectory``): median (and interquartile band) over steps and layers at each age; one row
     per problem, one column per f.
 
     Not in the paper: it shows how far the practical algorithm (a basis frozen between refreshes, statistics
     accumulated across bases) is from the identity of Claim 1 (which holds to round-off in a fresh basis).
     """
-    df = analysis.table(d)
+    df = stored.table(d)
     if not len(df):
         raise analysis.ablations.MissingResults("the gap trajectory has no rows")
     df = df[df["period"] > 0]  # the first basis is built from a single gradient

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from soap_lab import ablations, analysis, efficiency, figures, overhead, results, step_times
+from soap_lab import ablations, analysis, efficiency, figures, overhead, results, step_times, stored
 
 pytest.importorskip("seaborn")
 from test_plotting import OVERRIDES, _scale, write_record  # noqa: E402
@@ -28,7 +28,7 @@ def test_overridden_scales_write_outside_the_committed_files():
     tiny = figures.notebook_scale("cpu", overrides={"preset": "tiny", "frequencies": [1, 10]})
     assert tiny.experiment != "paper_cpu"
     assert overhead.default_path(tiny.name).parent == results.REPO_ROOT / "out" / "overhead"
-    assert overhead.default_path("cpu") == analysis.OVERHEAD_DIR / "overhead_cpu.json"
+    assert overhead.default_path("cpu") == stored.OVERHEAD_DIR / "overhead_cpu.json"
     out = figures.default_figures_dir([tiny])
     assert out.is_relative_to(results.REPO_ROOT / "out") and tiny.name in str(out)
     assert figures.default_figures_dir([ablations.get_scale("cpu"), ablations.get_scale("gpu")]) == figures.FIGURES_DIR

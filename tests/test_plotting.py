@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from soap_lab import ablations, analysis, figures, overhead, results
+from soap_lab import ablations, analysis, claim1, figures, overhead, results, stored
 
 pytest.importorskip("seaborn")
 
@@ -180,12 +180,12 @@ def test_missing_scale_is_named_and_no_scale_is_an_error(pool, tmp_path):
 
 def test_data_figures_draw_from_stored_files(tmp_path):
     eq_dir, ov_dir, out = tmp_path / "eq", tmp_path / "ov", tmp_path / "fig"
-    c = analysis.claim1_study(m=5, n=4, n_batches=8, max_staleness=3, exponents=(0.25, 0.5))
+    c = claim1.claim1_study(m=5, n=4, n_batches=8, max_staleness=3, exponents=(0.25, 0.5))
     assert c["exact_error"] < 1e-10 and c["no_trace_error"] > 1e-2
-    analysis.save_json(c, eq_dir / figures.CLAIM1_FILE)
-    g = analysis.gap_trajectory(frequencies=(2,), refreshes=("qr",), problems=("teaching",), steps=8, m=5, n=4, batch=16)
+    stored.save_json(c, eq_dir / figures.CLAIM1_FILE)
+    g = claim1.gap_trajectory(frequencies=(2,), refreshes=("qr",), problems=("teaching",), steps=8, m=5, n=4, batch=16)
     assert g["columns"]["gap_fresh"] and max(g["columns"]["gap_fresh"]) < 1e-8
-    analysis.save_json(g, eq_dir / figures.GAP_FILE)
+    stored.save_json(g, eq_dir / figures.GAP_FILE)
     ov = {"params": {"preset": "tiny", "n_matrices": 2, "n_params": 100, "batch_size": 8, "threads": 1, "repeats": 1,
                      "window": 10},
           "adamw_step_s": 1e-3, "forward_backward_s": 1e-2,
