@@ -313,19 +313,19 @@ def claim1_widget(m: int = 16, n: int = 12, condition: float = 100.0, exponent: 
     """Sliders (ipywidgets) over Claim 1 on the teaching problem: shape, conditioning, exponent, staleness.
 
     A new shape or conditioning recomputes ``claim1.claim1_study`` (float64, about half a second at the
-    defaults); the exponent and staleness sliders only redraw ``plotting.plot_claim1`` with the chosen values
+    defaults); the exponent and staleness sliders only redraw ``plot_equivalence.plot_claim1`` with the chosen values
     circled (:func:`claim1_cache`). Needs a live Jupyter kernel.
     """
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
-    from . import plotting
+    from . import plot_equivalence
 
     study = claim1_cache(n_batches, max_staleness)
 
     def update(m, n, condition, exponent, staleness):
         d = study(m, n, condition, exponent)
-        plotting.plot_claim1(d, None, highlight={"exponent": exponent, "staleness": staleness})
+        plot_equivalence.plot_claim1(d, None, highlight={"exponent": exponent, "staleness": staleness})
         plt.show()
         err = next(r["error"] for r in d["exponent"] if abs(r["exponent"] - round(exponent, 3)) < 1e-9)
         print(f"exponent {exponent:.3f}: relative difference {err:.2e};  staleness {staleness}: "
@@ -395,7 +395,7 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
     ``only_scales`` no other scale is looked at. Raises ``ablations.MissingResults`` (one line, naming the
     command) when no scale has the figure's results.
     """
-    from . import plotting
+    from . import plot_equivalence, plot_studies, plot_wallclock, plotting
 
     if name not in FIGURES:
         raise ParameterError(f"unknown figure {name!r}; allowed: {', '.join(FIGURES)}")
@@ -410,9 +410,9 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
     study = FIGURES[name]
     if study is not None:
         datas = _study_datas(study, scs, root, cache)
-        fn = {"lr_sweep": plotting.plot_lr_sweep, "frequency": plotting.plot_frequency,
-              "comparison": plotting.plot_comparison, "efficiency": plotting.plot_efficiency,
-              "batch_size": plotting.plot_batch_size, "variants": plotting.plot_variants}[name]
+        fn = {"lr_sweep": plot_studies.plot_lr_sweep, "frequency": plot_studies.plot_frequency,
+              "comparison": plot_wallclock.plot_comparison, "efficiency": plot_wallclock.plot_efficiency,
+              "batch_size": plot_studies.plot_batch_size, "variants": plot_studies.plot_variants}[name]
         if not any(v is not None for v in datas.values()):
             raise ablations.MissingResults(
                 f"{name}: no {study} results under {results.runs_root(root)}: run "
@@ -427,12 +427,12 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
             raise ablations.MissingResults(f"overhead: no timing study under {odir}: run "
                                            "`make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study overhead`)")
         runs = _study_datas("frequency", {k: scs[k] for k, v in datas.items() if v is not None}, root, cache)
-        return plotting.plot_overhead(datas, out, name=name, runs=runs)
+        return plot_wallclock.plot_overhead(datas, out, name=name, runs=runs)
     edir = Path(equivalence_dir) if equivalence_dir is not None else stored.EQUIVALENCE_DIR
     hint = "make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study equivalence`"
     if name == "equivalence_claim1":
-        return plotting.plot_claim1(stored.load_json(edir / CLAIM1_FILE, "Claim 1 data", hint), out, name=name)
-    return plotting.plot_gap(stored.load_json(edir / GAP_FILE, "gap-trajectory data", hint), out, name=name)
+        return plot_equivalence.plot_claim1(stored.load_json(edir / CLAIM1_FILE, "Claim 1 data", hint), out, name=name)
+    return plot_equivalence.plot_gap(stored.load_json(edir / GAP_FILE, "gap-trajectory data", hint), out, name=name)
 
 
 def main_figures(argv: Optional[Sequence[str]] = None) -> int:

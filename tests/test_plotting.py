@@ -120,9 +120,9 @@ def test_efficiency_table_says_when_the_fit_never_reaches(pool, monkeypatch):
     sd.runs = runs
     e = analysis.efficiency_table(sd, baselines=("AdamW",))[0]
     assert e["reached"] is False and e["steps_needed"] == float("inf")
-    from soap_lab import plotting
+    from soap_lab import plot_wallclock
 
-    assert "never reaches" in plotting._efficiency_text(e)
+    assert "never reaches" in plot_wallclock._efficiency_text(e)
 
 
 def test_batch_size_table_target_is_adamw_at_smallest_batch(pool):
@@ -167,13 +167,13 @@ def test_run_figures_draw_from_records(pool, tmp_path, name):
 
 
 def test_missing_scale_is_named_and_no_scale_is_an_error(pool, tmp_path):
-    from soap_lab import plotting
+    from soap_lab import plot_studies
 
     sd = analysis.study_data("variants", _scale(), pool)
-    plotting.plot_variants({"cpu": sd, "gpu": None}, tmp_path)  # gpu missing: drawn with a footer note
+    plot_studies.plot_variants({"cpu": sd, "gpu": None}, tmp_path)  # gpu missing: drawn with a footer note
     assert (tmp_path / "variants.png").exists()
     with pytest.raises(ablations.MissingResults, match="make ablations SCALE=cpu"):
-        plotting.plot_variants({"cpu": None}, tmp_path)
+        plot_studies.plot_variants({"cpu": None}, tmp_path)
     with pytest.raises(ablations.MissingResults, match="make ablations SCALE=cpu"):
         figures.draw("frequency", tmp_path / "empty", tmp_path, scales={"cpu": _scale()}, only_scales=True)
 
