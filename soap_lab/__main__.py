@@ -6,6 +6,7 @@
 
 A sweep skips runs whose record exists, so rerunning an interrupted sweep resumes it; ``--shard i/N``
 takes grid points i, i+N, i+2N, ... so N processes split one grid without coordination.
+``show``, ``figures`` and ``ablations`` own their options (:mod:`soap_lab.cli`).
 Nothing heavy (papermill, seaborn) is imported here: the GPU machine may lack them.
 """
 from __future__ import annotations
@@ -210,15 +211,13 @@ def _data_errors() -> tuple:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "show":
-        from . import show
+    if argv and argv[0] in ("show", "figures", "ablations"):
+        # These subcommands own their argument parsing (soap_lab.cli); papermill is imported only where it runs.
+        from . import cli
 
-        return show.main(argv[1:], prog=f"{_prog()} show")
-    if argv and argv[0] in ("figures", "ablations"):
-        # These subcommands own their argument parsing (soap_lab.figures); papermill is imported only there.
-        from . import figures
-
-        return (figures.main_figures if argv[0] == "figures" else figures.main_ablations)(argv[1:])
+        if argv[0] == "show":
+            return cli.show_main(argv[1:], prog=f"{_prog()} show")
+        return (cli.figures_main if argv[0] == "figures" else cli.ablations_main)(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
 

@@ -16,17 +16,16 @@ defined as grids in :mod:`soap_lab.ablations`:
   ``scale.long_steps`` steps, for ``scale.long_seeds``.
 
 :func:`order_for_training` sorts a study's runs into the order the issue asks them to be trained in; :func:`run`
-trains the missing ones. Command line: ``python -m soap_lab.freq_study`` (:func:`main`).
+trains the missing ones. Command line: ``python -m soap_lab.freq_study`` (``soap_lab.cli``).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any, List, Optional, Sequence
 
 from . import ablations, sweep
 
-__all__ = ["ARMS", "order_for_training", "run", "main"]
+__all__ = ["ARMS", "order_for_training", "run"]
 
 #: The arms, in the order :func:`run` trains them (study ``frequency_<arm>`` of ``soap_lab.ablations``).
 ARMS = ("seeded", "batch", "long")
@@ -60,34 +59,7 @@ def run(scale, arms: Sequence[str] = ARMS, root: Optional[str] = None, log=print
         sweep.run_sweep(order_for_training(ablations.configs(f"frequency_{arm}", scale, root)), log=log)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m soap_lab.freq_study [--scale cpu_freq] [--arms seeded batch long] [--threads 1]``."""
-    p = argparse.ArgumentParser(prog="python -m soap_lab.freq_study", description=run.__doc__.split("\n")[0])
-    p.add_argument("--scale", default="cpu_freq", choices=list(ablations.SCALES))
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
-    p.add_argument("--runs-root", default=None, help="root of the run records (default <repo>/data/runs)")
-    p.add_argument("--report", action="store_true", help="print the rise and claim tables of the stored runs; no training")
-    args = p.parse_args(argv)
-    if args.report:
-        from . import freq_analysis, plot_seeds
-
-        datas = plot_seeds.study_datas(ablations.get_scale(args.scale), args.runs_root)
-        if not datas:
-            print(f"{p.prog}: error: no stored runs of the seeded study at scale {args.scale}", file=sys.stderr)
-            return 1
-        print(freq_analysis.markdown(freq_analysis.final_losses(datas)))
-        return 0
-    import torch
-
-    torch.set_num_threads(args.threads)
-    try:
-        run(ablations.get_scale(args.scale), args.arms, args.runs_root, log=lambda m: print(m, flush=True))
-    except ablations.MissingResults as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import freq_study_main
+
+    sys.exit(freq_study_main())

@@ -130,9 +130,9 @@ def synthetic_overrides():
 @pytest.fixture(scope="session")
 def synthetic_scale():
     """The synthetic scale: ``cpu`` with :data:`SYNTHETIC_OVERRIDES` (renamed ``cpu-<hash>``)."""
-    from soap_lab import figures
+    from soap_lab import notebook
 
-    return figures.notebook_scale("cpu", overrides=SYNTHETIC_OVERRIDES)
+    return notebook.notebook_scale("cpu", overrides=SYNTHETIC_OVERRIDES)
 
 
 @pytest.fixture(scope="session")
@@ -178,10 +178,10 @@ def smoke_overrides():
 def smoke_pool(tmp_path_factory, one_thread_kernels):
     """The tiny sweep of every study (:data:`SMOKE`), trained once (in-process, one thread) for the session:
     ``(results root, scale)``."""
-    from soap_lab import ablations, figures
+    from soap_lab import ablations, notebook
 
     root = tmp_path_factory.mktemp("runs")
-    sc = figures.notebook_scale("cpu", overrides=SMOKE)
+    sc = notebook.notebook_scale("cpu", overrides=SMOKE)
     with _torch_threads(1):
         for study in ablations.STUDIES:
             ablations.run(study, sc, root, log=None)

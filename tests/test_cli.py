@@ -1,11 +1,12 @@
-"""python -m soap_lab: train and sweep commands, clear errors (exit code 2, allowed values listed)."""
+"""soap_lab.__main__ and soap_lab.cli: train and sweep commands, the subcommands that own their options, clear errors
+(exit code 2, allowed values listed)."""
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from soap_lab import results, sweep
+from soap_lab import cli, results, sweep
 from soap_lab.__main__ import main
 from soap_lab.train_config import TrainConfig
 
@@ -133,3 +134,17 @@ def test_sweep_shards_cover_the_grid(tmp_path, capsys):
     assert main(["sweep", *grid]) == 0  # everything done: all skipped
     assert capsys.readouterr().out.count("skip") == 4
 
+
+def test_freq_study_command_reports_or_names_what_is_missing(tmp_path, capsys):
+    assert cli.freq_study_main(["--report", "--runs-root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "python -m soap_lab.freq_study: error: no stored runs of the seeded study at scale cpu_freq" in err
+    with pytest.raises(SystemExit) as e:
+        cli.freq_study_main(["--arms", "wide"])
+    assert e.value.code == 2 and "invalid choice: 'wide'" in capsys.readouterr().err
+
+
+def test_freq_study_runs_as_a_module(one_thread_env):
+    p = subprocess.run([sys.executable, "-m", "soap_lab.freq_study", "--help"], capture_output=True, text=True,
+                       cwd=REPO, env=one_thread_env, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("usage: python -m soap_lab.freq_study") and "--report" in p.stdout

@@ -315,7 +315,8 @@ def test_a_text_file_is_a_corpus(tmp_path, monkeypatch):
 
 def test_a_datasets_dataset_is_a_corpus_and_trains(tmp_path, one_thread):
     pytest.importorskip("datasets")
-    from soap_lab.train import TrainConfig, train
+    from soap_lab.train import train
+    from soap_lab.train_config import TrainConfig
 
     docs = [{"text": line} for line in _text(300).splitlines()]
     path = tmp_path / "docs.jsonl"
