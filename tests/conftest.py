@@ -74,6 +74,21 @@ def one_thread_kernels():
         os.environ["OMP_NUM_THREADS"] = old
 
 
+# ---------------------------------------------------------------------------------- configs of runs
+@pytest.fixture
+def run_config():
+    """``run_config(root, **fields)``: the ``TrainConfig`` of a 3-step tiny run recorded under ``root/sweep/``."""
+    from soap_lab.train_config import TrainConfig
+
+    def make(root, **fields):
+        base = dict(preset="tiny", steps=3, batch_size=4, seq_len=32, eval_every=0, eval_batches=1,
+                    progress=False, out_dir=str(root), experiment="sweep")
+        base.update(fields)
+        return TrainConfig(**base)
+
+    return make
+
+
 # -------------------------------------------------------------------------- synthetic run records
 #: A small scale whose every study has synthetic records (``synthetic_pool``): figures and tables, no training.
 SYNTHETIC_OVERRIDES = dict(preset="tiny", steps=40, eval_every=10, batch_size=8,

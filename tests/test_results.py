@@ -8,28 +8,22 @@ from soap_lab import results
 from soap_lab.train_config import TrainConfig
 
 
-def cfg(tmp_path, **kw):
-    base = dict(preset="tiny", steps=3, batch_size=4, seq_len=32, eval_every=0, eval_batches=1,
-                progress=False, out_dir=str(tmp_path), experiment="sweep")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 # ------------------------------------------------------------------------------------------- ids
 
 
-def test_run_id_is_readable_and_deterministic(tmp_path):
-    c = cfg(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01, seed=0)
+def test_run_id_is_readable_and_deterministic(tmp_path, run_config):
+    c = run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01, seed=0)
     rid = results.run_id(c)
     assert rid.startswith("soap_f10_lr0.01_s0_b1.0_") and len(rid.rsplit("_", 1)[1]) == 8
-    assert results.run_id(cfg(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01)) == rid
-    assert results.run_id(cfg(tmp_path, lr=3e-3, budget_fraction=0.625)).startswith("adamw_lr0.003_s0_b0.625_")
+    assert results.run_id(run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01)) == rid
+    assert results.run_id(run_config(tmp_path, lr=3e-3, budget_fraction=0.625)).startswith("adamw_lr0.003_s0_b0.625_")
     # where and how a record is written does not change the id; anything that changes the run does
-    assert results.run_id(cfg(tmp_path / "x", optimizer="soap", precondition_frequency=10, lr=0.01,
-                              progress=True, experiment="other")) == rid
-    assert results.run_id(cfg(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01, batch_size=8)) != rid
-    assert results.run_id(cfg(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01,
-                              hparams={"refresh": "eigh"})) != rid
+    assert results.run_id(run_config(tmp_path / "x", optimizer="soap", precondition_frequency=10, lr=0.01,
+                                     progress=True, experiment="other")) == rid
+    assert results.run_id(run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01,
+                                     batch_size=8)) != rid
+    assert results.run_id(run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01,
+                                     hparams={"refresh": "eigh"})) != rid
     assert results.record_path(c) == tmp_path / "sweep" / f"{rid}.json"
     assert results.record_path(c, root=tmp_path / "r") == tmp_path / "r" / "sweep" / f"{rid}.json"
 
@@ -80,8 +74,9 @@ def _fake_record(config, n_steps, val):
     }
 
 
-def test_load_and_curves(tmp_path):
-    configs = [cfg(tmp_path, optimizer="soap", precondition_frequency=f, lr=lr) for f in (1, 10) for lr in (1e-3, 3e-3)]
+def test_load_and_curves(tmp_path, run_config):
+    configs = [run_config(tmp_path, optimizer="soap", precondition_frequency=f, lr=lr)
+               for f in (1, 10) for lr in (1e-3, 3e-3)]
     for i, c in enumerate(configs):
         results.write_json_atomic(_fake_record(c, 4 + i, 3.0 + i), results.record_path(c))
     (tmp_path / "sweep" / ".half.json.tmp").write_text("{")  # stray temp files are ignored

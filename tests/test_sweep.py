@@ -4,32 +4,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from soap_lab import results, sweep
-from soap_lab.train_config import TrainConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
-def cfg(tmp_path, **kw):
-    base = dict(preset="tiny", steps=3, batch_size=4, seq_len=32, eval_every=0, eval_batches=1,
-                progress=False, out_dir=str(tmp_path), experiment="sweep")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 # ----------------------------------------------------------------------------------------- grids
 
 
-def test_grid_crosses_the_axes(tmp_path):
-    g = sweep.grid(cfg(tmp_path), optimizers=["adamw", "soap"], frequencies=[1, 10], lrs=[1e-3, 3e-3],
-                     seeds=[0, 1], budget_fractions=[0.5, 1.0], batch_size=8)
+def test_grid_crosses_the_axes(tmp_path, run_config):
+    g = sweep.grid(run_config(tmp_path), optimizers=["adamw", "soap"], frequencies=[1, 10], lrs=[1e-3, 3e-3],
+                   seeds=[0, 1], budget_fractions=[0.5, 1.0], batch_size=8)
     # frequencies only multiply optimizers that take one
     assert len(g) == 2 * 2 * 2 + 2 * 2 * 2 * 2
     assert len({results.run_id(c) for c in g}) == len(g)
     assert all(c.batch_size == 8 for c in g)
     assert {c.precondition_frequency for c in g if c.optimizer == "adamw"} == {None}
     assert [results.run_id(c) for c in g] == [results.run_id(c) for c in sweep.grid(
-        cfg(tmp_path), optimizers=["adamw", "soap"], frequencies=[1, 10], lrs=[1e-3, 3e-3],
+        run_config(tmp_path), optimizers=["adamw", "soap"], frequencies=[1, 10], lrs=[1e-3, 3e-3],
         seeds=[0, 1], budget_fractions=[0.5, 1.0], batch_size=8)]
 
 
@@ -59,11 +51,11 @@ class Stop(Exception):
     pass
 
 
-def test_sweep_resumes_after_an_interruption(tmp_path):
+def test_sweep_resumes_after_an_interruption(tmp_path, run_config):
     pytest.importorskip("soap_lab.models")
     from soap_lab.train import train
 
-    configs = sweep.grid(cfg(tmp_path), lrs=[1e-3, 3e-3], seeds=[0, 1])
+    configs = sweep.grid(run_config(tmp_path), lrs=[1e-3, 3e-3], seeds=[0, 1])
     assert len(configs) == 4
     trained = []
 
