@@ -6,6 +6,7 @@
 
 A sweep skips runs whose record exists, so rerunning an interrupted sweep resumes it; ``--shard i/N``
 takes grid points i, i+N, i+2N, ... so N processes split one grid without coordination.
+``show``, ``figures`` and ``ablations`` own their options (:mod:`soap_lab.cli`).
 Nothing heavy (papermill, seaborn) is imported here: the GPU machine may lack them.
 """
 from __future__ import annotations
@@ -47,14 +48,14 @@ def _split_hparams(pairs) -> tuple:
 
 
 def _presets() -> Optional[List[str]]:
-    from .train import _presets as presets
+    from .train_config import preset_names
 
-    p = presets()
+    p = preset_names()
     return list(p) if p is not None else None
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from .train import DTYPES, PRECISIONS, TrainConfig
+    from .train_config import DTYPES, PRECISIONS, TrainConfig
 
     d = TrainConfig()
     g = p.add_argument_group("run (defaults: TrainConfig's)")
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _base_config(args: argparse.Namespace, hparams: Dict[str, Any], **extra: Any):
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     return TrainConfig(
         experiment=args.experiment,
@@ -210,19 +211,17 @@ def _data_errors() -> tuple:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "show":
-        from . import show
+    if argv and argv[0] in ("show", "figures", "ablations"):
+        # These subcommands own their argument parsing (soap_lab.cli); papermill is imported only where it runs.
+        from . import cli
 
-        return show.main(argv[1:], prog=f"{_prog()} show")
-    if argv and argv[0] in ("figures", "ablations"):
-        # These subcommands own their argument parsing (soap_lab.figures); papermill is imported only there.
-        from . import figures
-
-        return (figures.main_figures if argv[0] == "figures" else figures.main_ablations)(argv[1:])
+        if argv[0] == "show":
+            return cli.show_main(argv[1:], prog=f"{_prog()} show")
+        return (cli.figures_main if argv[0] == "figures" else cli.ablations_main)(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from . import results
+    from . import results, sweep
     from .train import train
 
     try:
@@ -238,15 +237,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config.validate()
             configs = [config]
         else:
-            i, n = results.parse_shard(args.shard)
+            i, n = sweep.parse_shard(args.shard)
             base = _base_config(args, common)
-            configs = results.grid(
+            configs = sweep.grid(
                 base, optimizers=args.optimizers, frequencies=args.frequencies, lrs=args.lrs,
                 seeds=args.seeds, budget_fractions=args.budget_fractions, optimizer_hparams=per_optimizer,
             )
             for c in configs:
                 c.validate()
-            configs = results.shard(configs, i, n)
+            configs = sweep.shard(configs, i, n)
     except ValueError as e:
         parser.error(str(e))  # exits with code 2
 
@@ -268,7 +267,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for c in configs:
                 print(f"  {'done' if results.has_record(c) else 'todo'}  {results.record_path(c)}")
             return 0
-        results.run_sweep(configs, skip_existing=not args.force, after_run=lambda c, r: _report(r))
+        sweep.run_sweep(configs, skip_existing=not args.force, after_run=lambda c, r: _report(r))
         return 0
     except _data_errors() as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

@@ -3,11 +3,15 @@
 Every experiment of one scale shares one run pool, ``data/runs/paper_<scale>/``: a run needed by several
 figures (e.g. SOAP at f=10 and the tuned learning rate is in the frequency ablation, the comparison, the
 variants and the batch-size study) is trained once. Each function returns the configs of one study; the
-sweep engine (:func:`soap_lab.results.run_sweep`) skips runs whose record exists, so every study resumes.
+sweep engine (:func:`soap_lab.sweep.run_sweep`) skips runs whose record exists, so every study resumes.
 
 Protocol (as the paper, scaled down): the learning rate of each optimizer is tuned by a small sweep at f=10
 (``lr_sweep``); every other study uses the tuned value. β1 = β2 = 0.95. Shampoo is the paper's baseline
 (exponent 1/2.5, ε 1e-12, Adam grafting, preconditioning from step f).
+
+The seeded frequency study (scale ``cpu_freq``; trained by :mod:`soap_lab.freq_study`) measures the rise of SOAP's
+and Shampoo's final loss with f per seed, in three arms: ``frequency_seeded`` (the main arm), ``frequency_batch``
+(more tokens per step) and ``frequency_long`` (more steps).
 """
 from __future__ import annotations
 
@@ -18,11 +22,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import results
+from . import results, sweep
+from .optim import takes_frequency
+from .train_config import TrainConfig
 
 #: The studies of the paper's figures (each has a notebook).
 STUDIES = ("lr_sweep", "frequency", "comparison", "batch_size", "variants")
-#: The seeded frequency study's arms (``soap_lab.freq_study``), at scale ``cpu_freq``.
+#: The seeded frequency study's arms (trained by ``soap_lab.freq_study``), at scale ``cpu_freq``.
 SEEDED_STUDIES = ("frequency_seeded", "frequency_batch", "frequency_long")
 #: Scales the paper-figure studies are drawn for (``make figures``); ``cpu_freq`` has its own figure.
 PAPER_SCALES = ("cpu", "gpu")
@@ -30,6 +36,8 @@ PAPER_SCALES = ("cpu", "gpu")
 #: The paper's Shampoo baseline (DistributedShampoo with root 2.5, ε 1e-12, Adam grafting).
 SHAMPOO_BASELINE = {"exponent": 0.4, "eps": 1e-12, "grafting": "adam"}
 SOAP_VARIANTS = ("soap", "soap_factorized", "soap_one_sided", "soap_factorized_one_sided")
+#: The two optimizers whose rise with f the seeded frequency study compares.
+PRECONDITIONED = ("soap", "shampoo")
 
 
 class MissingResults(RuntimeError):
@@ -126,9 +134,7 @@ def get_scale(name: str, **overrides: Any) -> Scale:
     return sc
 
 
-def _base(scale: Scale, root: Optional[str]):
-    from .train import TrainConfig
-
+def _base(scale: Scale, root: Optional[str]) -> TrainConfig:
     return TrainConfig(
         experiment=scale.experiment, preset=scale.preset, tokenizer=scale.tokenizer,
         batch_size=scale.batch_size, steps=scale.steps, eval_every=scale.eval_every,
@@ -141,11 +147,9 @@ def _config(scale: Scale, root: Optional[str], optimizer: str, lr: float, **fiel
     if optimizer == "shampoo":
         hparams = {**SHAMPOO_BASELINE, **hparams}
     f = fields.pop("precondition_frequency", scale.base_frequency)
-    from .train import TAKES_FREQUENCY
-
     return dataclasses.replace(
         _base(scale, root), optimizer=optimizer, lr=float(lr), hparams=hparams,
-        precondition_frequency=f if optimizer in TAKES_FREQUENCY else None, **fields)
+        precondition_frequency=f if takes_frequency(optimizer) else None, **fields)
 
 
 def label(config: Any) -> str:
@@ -244,14 +248,46 @@ def variants(scale: Scale, root: Optional[str] = None) -> List[Any]:
     return seeded(scale, out)
 
 
+# ------------------------------------------------------------------------- the seeded frequency study
+def _freq_grid(scale: Scale, root: Optional[str], frequencies: Sequence[int], seeds: Sequence[int], adamw: bool,
+               **fields: Any) -> List[Any]:
+    lrs = {o: tuned_lr(o, scale, root) for o in (*PRECONDITIONED, *(("adamw",) if adamw else ()))}
+    out = [_config(scale, root, "adamw", lrs["adamw"], seed=int(s), **fields) for s in seeds] if adamw else []
+    for f in frequencies:
+        for opt in PRECONDITIONED:
+            out += [_config(scale, root, opt, lrs[opt], precondition_frequency=int(f), seed=int(s), **fields)
+                    for s in seeds]
+    return out
+
+
+def frequency_seeded(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """The main arm: AdamW, then SOAP (QR refresh) and the paper's Shampoo baseline at every f of
+    ``scale.frequencies``, each at its tuned lr, for every seed of ``scale.seeds``."""
+    return _freq_grid(scale, root, scale.frequencies, scale.seeds, adamw=True)
+
+
+def frequency_batch(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """The batch arm: SOAP and Shampoo at ``scale.arm_frequencies`` with batch_size × each of
+    ``scale.batch_multipliers`` (more tokens per step, same steps, the reference batch's tuned lrs), every seed."""
+    out: List[Any] = []
+    for m in scale.batch_multipliers:
+        out += _freq_grid(scale, root, scale.arm_frequencies, scale.seeds, adamw=False,
+                          batch_size=scale.batch_size * int(m))
+    return out
+
+
+def frequency_long(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """The long arm: AdamW, SOAP and Shampoo at ``scale.long_frequencies`` for ``scale.long_steps`` steps
+    (``scale.long_seeds``); empty when the scale has no ``long_steps``."""
+    if not scale.long_steps:
+        return []
+    return _freq_grid(scale, root, scale.long_frequencies, scale.long_seeds, adamw=True, steps=int(scale.long_steps))
+
+
 def configs(study: str, scale: Scale, root: Optional[str] = None) -> List[Any]:
     """The configs of ``study`` (one of :data:`STUDIES` or :data:`SEEDED_STUDIES`) at ``scale``."""
     if study not in STUDIES + SEEDED_STUDIES:
         raise ValueError(f"unknown study {study!r}; allowed: {', '.join(STUDIES + SEEDED_STUDIES)}")
-    if study.startswith("frequency_"):
-        from . import freq_study
-
-        return getattr(freq_study, study[len("frequency_"):])(scale, root)
     return globals()[study](scale, root)
 
 
@@ -267,5 +303,5 @@ def run(study: str, scale: Scale, root: Optional[str] = None, shard: Optional[Tu
             configs(study, scale, root)
     todo = configs(study, scale, root)
     if shard is not None:
-        todo = results.shard(todo, *shard)
-    return results.run_sweep(todo, log=log)
+        todo = sweep.shard(todo, *shard)
+    return sweep.run_sweep(todo, log=log)

@@ -1,4 +1,4 @@
-"""Corpora -> token streams -> batches.
+"""Corpora -> tokenizers -> token streams (batches of them: :mod:`soap_lab.batches`).
 
 Two small public-domain English corpora ship in the repository (rebuilt from their source packages by
 ``make data``, which checks sha256 at every step; see ``data/<corpus>/README.md``):
@@ -20,9 +20,9 @@ deterministic). ``"bpe"`` — byte-level BPE (Hugging Face ``tokenizers``) train
 *training split* only; the 4096-token ones ship as ``data/tokenizers/<corpus>_bpe4096.json``, other sizes
 are trained on demand and cached under ``data/_build/tokenizers/``.
 
-For C4/FineWeb-scale runs, :func:`hf_token_stream` turns any Hugging Face ``datasets`` dataset (hub name,
-local file or saved dataset) into the same kind of 1-D token stream. :class:`BatchSampler` draws
-reproducible random windows (DDP-aware), :func:`eval_batches` fixed validation windows.
+Any UTF-8 text file is a corpus too, and so is a Hugging Face ``datasets`` dataset (``hf:NAME_OR_PATH``, its
+``text`` field); for C4/FineWeb-scale runs :func:`soap_lab.hf_stream.hf_token_stream` tokenizes such a dataset
+without joining it into one text.
 
 Missing or corrupt data raises :class:`DataError`, whose message says to run ``make data``.
 """
@@ -39,9 +39,9 @@ import torch
 
 __all__ = [
     "DATA_DIR", "CORPORA", "TOKENIZERS", "SPLITS", "SOURCES", "VAL_FRACTION", "DEFAULT_BPE_VOCAB",
-    "DataError", "Tokenizer", "CharTokenizer", "BPETokenizer",
-    "load_text", "split_text", "get_tokenizer", "train_bpe", "token_stream", "hf_token_stream",
-    "token_counts", "BatchSampler", "eval_batches", "clear_caches",
+    "DataError", "Tokenizer", "CharTokenizer", "BPETokenizer", "check_corpus", "corpus_name",
+    "load_text", "split_text", "get_tokenizer", "train_bpe", "token_stream", "hf_documents",
+    "token_counts", "clear_caches",
 ]
 
 #: Where the corpora and tokenizers live (``<repo>/data``); the environment variable
@@ -135,7 +135,7 @@ def load_text(corpus: str = "austen") -> str:
 
 @functools.lru_cache(maxsize=4)
 def _load_hf_text(name_or_path: str, text_field: str = "text") -> str:
-    ds = _hf_documents(name_or_path, "train", {})
+    ds = hf_documents(name_or_path, "train", {})
     columns = getattr(ds, "column_names", None)
     if columns is not None and text_field not in columns:
         raise ValueError(f"hf:{name_or_path}: no {text_field!r} field; columns: {columns}")
@@ -363,16 +363,22 @@ def clear_caches() -> None:
     for f in (_load_text, _load_hf_text, _char_tokenizer, _bpe_tokenizer, _token_stream):
         f.cache_clear()
 
+# ---------------------------------------------------------------------------------------------------
+# Hugging Face datasets
+# ---------------------------------------------------------------------------------------------------
+
 
 _LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text",
                    ".csv": "csv", ".arrow": "arrow"}
 
 
-def _hf_documents(name_or_path: str, split: str, load_kwargs: dict):
+def hf_documents(name_or_path: str, split: str, load_kwargs: dict):
+    """The documents of a Hugging Face ``datasets`` dataset: a hub name, a local .json/.jsonl/.parquet/.txt/.csv/.arrow
+    file, or a directory written by ``save_to_disk`` (``split`` of a ``DatasetDict``)."""
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is a dev extra
-        raise ImportError("hf_token_stream needs the `datasets` package: pip install datasets") from e
+        raise ImportError("hf: corpora and hf_token_stream need the `datasets` package: pip install datasets") from e
     p = Path(name_or_path)
     if p.is_file():
         suffixes = [s for s in p.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
@@ -389,150 +395,3 @@ def _hf_documents(name_or_path: str, split: str, load_kwargs: dict):
             ds = ds[split]
         return ds
     return datasets.load_dataset(name_or_path, split=split, **load_kwargs)
-
-
-def hf_token_stream(name_or_path: str, tokenizer, split: str = "train", text_field: str = "text",
-                    max_docs: int | None = None, max_tokens: int | None = None, separator: str = "\n\n",
-                    **load_kwargs) -> torch.Tensor:
-    """Tokenize a Hugging Face ``datasets`` dataset into one 1-D int64 token stream.
-
-    ``name_or_path``: a hub name (e.g. ``"allenai/c4"`` with ``name="en"``, ``streaming=True`` in
-    ``load_kwargs``), a local ``.json``/``.jsonl``/``.parquet``/``.txt``/``.csv`` file, or a directory
-    written by ``Dataset.save_to_disk``. ``tokenizer``: a tokenizer object (``.encode``) or a kind for
-    :func:`get_tokenizer` (``"char"``/``"bpe"``, Austen's). Documents are taken in dataset order, joined
-    by ``separator`` (encoded like text), stopping after ``max_docs`` documents or once ``max_tokens`` tokens
-    are collected (the stream is cut to exactly ``max_tokens``). Other keyword arguments go to
-    ``datasets.load_dataset`` (``cache_dir``, ``name``, ``streaming``, ``data_files`` ...).
-    """
-    if isinstance(tokenizer, str):
-        tokenizer = get_tokenizer(tokenizer)
-    ds = _hf_documents(name_or_path, split, load_kwargs)
-    columns = getattr(ds, "column_names", None)
-    if columns is not None and text_field not in columns:
-        raise ValueError(f"text_field {text_field!r} not in the dataset; columns: {columns}")
-    sep = np.asarray(tokenizer.encode(separator), dtype=np.int64) if separator else np.zeros(0, np.int64)
-    chunks: list[np.ndarray] = []
-    total = 0
-    batch: list[str] = []
-
-    def flush() -> bool:
-        nonlocal total, batch
-        enc = tokenizer.encode_batch(batch) if hasattr(tokenizer, "encode_batch") else [tokenizer.encode(t) for t in batch]
-        batch = []
-        for ids in enc:
-            if chunks:
-                chunks.append(sep)
-                total += len(sep)
-            chunks.append(np.asarray(ids, dtype=np.int64))
-            total += len(ids)
-            if max_tokens is not None and total >= max_tokens:
-                return True
-        return False
-
-    done = False
-    for i, doc in enumerate(ds):
-        if max_docs is not None and i >= max_docs:
-            break
-        if text_field not in doc:
-            raise ValueError(f"text_field {text_field!r} not in the dataset; fields: {list(doc)}")
-        batch.append(doc[text_field] or "")
-        if len(batch) >= 256 and flush():
-            done = True
-            break
-    if not done and batch:
-        flush()
-    out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-    if max_tokens is not None:
-        out = out[:max_tokens]
-    return torch.from_numpy(np.ascontiguousarray(out))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Batches
-# ---------------------------------------------------------------------------------------------------
-
-
-def _check_stream(tokens: torch.Tensor, seq_len: int) -> None:
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
-        raise ValueError("tokens must be a 1-D tensor")
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    if tokens.numel() < seq_len + 1:
-        raise ValueError(f"token stream of {tokens.numel()} tokens is shorter than seq_len + 1 = {seq_len + 1}")
-
-
-def _windows(tokens: torch.Tensor, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = torch.from_numpy(starts.astype(np.int64))[:, None] + torch.arange(seq_len + 1)
-    w = tokens[idx].long()
-    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
-
-
-class BatchSampler:
-    """Random contiguous windows of a token stream, reproducible and DDP-aware.
-
-    Step ``t`` draws ``batch_size * world_size`` window starts uniformly from ``[0, len - seq_len - 1]``
-    with ``numpy.random.default_rng([seed, t])`` — the *global* batch, the same on every rank — and rank
-    ``r`` takes rows ``r*batch_size : (r+1)*batch_size`` of it. Hence N ranks at batch B/N together see
-    exactly the batch a single process at batch B sees, and the state is just ``(seed, step)``.
-    ``next()`` returns ``x, y`` of shape ``(batch_size, seq_len)`` with ``y`` = ``x`` shifted by one token.
-    """
-
-    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        _check_stream(tokens, seq_len)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        self.tokens = tokens
-        self.batch_size, self.seq_len = int(batch_size), int(seq_len)
-        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        self.step = 0
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    def global_starts(self, step: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, step])
-        return rng.integers(0, self.tokens.numel() - self.seq_len, size=self.global_batch_size)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.global_starts(self.step)
-        self.step += 1
-        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        return _windows(self.tokens, mine, self.seq_len)
-
-    __next__ = next
-
-    def __iter__(self):
-        return self
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "step": self.step, "batch_size": self.batch_size, "seq_len": self.seq_len,
-                "world_size": self.world_size, "num_tokens": int(self.tokens.numel())}
-
-    def load_state_dict(self, sd: dict) -> None:
-        """Resume at ``sd["step"]`` with ``sd["seed"]``. The global batch, sequence length and stream
-        length must match (the rank count may change as long as the global batch is the same)."""
-        gb = sd.get("batch_size", self.batch_size) * sd.get("world_size", self.world_size)
-        if (gb, sd.get("seq_len", self.seq_len)) != (self.global_batch_size, self.seq_len):
-            raise ValueError(f"sampler state is for global batch {gb} x seq {sd.get('seq_len')}, this sampler is "
-                             f"{self.global_batch_size} x {self.seq_len}")
-        if sd.get("num_tokens", self.tokens.numel()) != self.tokens.numel():
-            raise ValueError("sampler state was saved for a token stream of a different length")
-        self.seed, self.step = int(sd["seed"]), int(sd["step"])
-
-
-def eval_batches(tokens: torch.Tensor, batch_size: int, seq_len: int, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``n_batches`` fixed validation batches: ``n_batches * batch_size`` windows whose starts are spread
-    evenly over the whole stream (first window at 0, last ending at the stream's end); no randomness, so
-    every run and every optimizer is evaluated on the same tokens."""
-    _check_stream(tokens, seq_len)
-    n = n_batches * batch_size
-    if n < 1:
-        raise ValueError("need n_batches * batch_size >= 1")
-    last = tokens.numel() - seq_len - 1
-    starts = np.floor(np.linspace(0, last, n)).astype(np.int64) if n > 1 else np.zeros(1, np.int64)
-    x, y = _windows(tokens, starts, seq_len)
-    return [(x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size]) for i in range(n_batches)]

@@ -3,63 +3,32 @@
 The paper's central claim: as the preconditioning frequency f grows, Shampoo degrades a lot and SOAP slowly.
 The claim is about the *rise* of each optimizer's final loss, ``rise(f) = loss(f) − loss(1)``, so the study
 measures it per seed (same seed: same init, same data order at every f) and compares the rises of SOAP and
-Shampoo seed by seed (``soap_lab.stats``). Three arms, all in the pool of their scale (``cpu_freq`` by default):
+Shampoo seed by seed (``soap_lab.stats``). Three arms, all in the pool of their scale (``cpu_freq`` by default),
+defined as grids in :mod:`soap_lab.ablations`:
 
-- ``seeded`` (the main arm): SOAP (QR refresh), the paper's Shampoo baseline (exponent 1/2.5, ε 1e-12, Adam
-  grafting, preconditioning from step f) at every f of ``scale.frequencies``, and AdamW, each at its tuned lr
-  (``ablations.tuned_lr``: the lr sweep at f = base_frequency), for every seed of ``scale.seeds``;
-- ``batch``: SOAP and Shampoo at ``scale.arm_frequencies`` with batch_size × ``scale.batch_multipliers``
-  (more tokens per step, same steps, the reference batch's tuned lrs), every seed;
-- ``long``: SOAP, Shampoo at ``scale.long_frequencies`` and AdamW with ``scale.long_steps`` steps, for
-  ``scale.long_seeds``.
+- ``seeded`` (the main arm, ``ablations.frequency_seeded``): SOAP (QR refresh), the paper's Shampoo baseline
+  (exponent 1/2.5, ε 1e-12, Adam grafting, preconditioning from step f) at every f of ``scale.frequencies``, and
+  AdamW, each at its tuned lr (``ablations.tuned_lr``: the lr sweep at f = base_frequency), for every seed of
+  ``scale.seeds``;
+- ``batch`` (``ablations.frequency_batch``): SOAP and Shampoo at ``scale.arm_frequencies`` with batch_size ×
+  ``scale.batch_multipliers`` (more tokens per step, same steps, the reference batch's tuned lrs), every seed;
+- ``long`` (``ablations.frequency_long``): SOAP, Shampoo at ``scale.long_frequencies`` and AdamW with
+  ``scale.long_steps`` steps, for ``scale.long_seeds``.
 
-:func:`order_for_training` sorts a study's runs into the order the issue asks them to be trained in.
+:func:`order_for_training` sorts a study's runs into the order the issue asks them to be trained in; :func:`run`
+trains the missing ones. Command line: ``python -m soap_lab.freq_study`` (``soap_lab.cli``).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any, List, Optional, Sequence
 
-from . import ablations, results
+from . import ablations, sweep
 
-__all__ = ["PRECONDITIONED", "ARMS", "seeded", "batch", "long", "order_for_training", "run", "main"]
+__all__ = ["ARMS", "order_for_training", "run"]
 
-#: The two optimizers whose rise with f is compared.
-PRECONDITIONED = ("soap", "shampoo")
-#: The arms, in the order :func:`run` trains them.
+#: The arms, in the order :func:`run` trains them (study ``frequency_<arm>`` of ``soap_lab.ablations``).
 ARMS = ("seeded", "batch", "long")
-
-
-def _grid(scale, root, frequencies: Sequence[int], seeds: Sequence[int], adamw: bool, **fields: Any) -> List[Any]:
-    lrs = {o: ablations.tuned_lr(o, scale, root) for o in (*PRECONDITIONED, *(("adamw",) if adamw else ()))}
-    out = [ablations._config(scale, root, "adamw", lrs["adamw"], seed=int(s), **fields) for s in seeds] if adamw else []
-    for f in frequencies:
-        for opt in PRECONDITIONED:
-            out += [ablations._config(scale, root, opt, lrs[opt], precondition_frequency=int(f), seed=int(s), **fields)
-                    for s in seeds]
-    return out
-
-
-def seeded(scale, root: Optional[str] = None) -> List[Any]:
-    """The main arm: AdamW, then SOAP and Shampoo at every f of ``scale.frequencies``, every seed of ``scale.seeds``."""
-    return _grid(scale, root, scale.frequencies, scale.seeds, adamw=True)
-
-
-def batch(scale, root: Optional[str] = None) -> List[Any]:
-    """The batch arm: SOAP and Shampoo at ``scale.arm_frequencies`` and batch_size × each of ``batch_multipliers``."""
-    out: List[Any] = []
-    for m in scale.batch_multipliers:
-        out += _grid(scale, root, scale.arm_frequencies, scale.seeds, adamw=False, batch_size=scale.batch_size * int(m))
-    return out
-
-
-def long(scale, root: Optional[str] = None) -> List[Any]:
-    """The long arm: AdamW, SOAP and Shampoo at ``scale.long_frequencies`` for ``scale.long_steps`` steps
-    (``scale.long_seeds``); empty when the scale has no ``long_steps``."""
-    if not scale.long_steps:
-        return []
-    return _grid(scale, root, scale.long_frequencies, scale.long_seeds, adamw=True, steps=int(scale.long_steps))
 
 
 def order_for_training(cfgs: Sequence[Any], first_frequencies: Sequence[int] = (1, 10, 30)) -> List[Any]:
@@ -80,44 +49,17 @@ def order_for_training(cfgs: Sequence[Any], first_frequencies: Sequence[int] = (
 def run(scale, arms: Sequence[str] = ARMS, root: Optional[str] = None, log=print) -> None:
     """Train the missing runs: the lr sweep (``scale.lr_seeds``), then each arm of ``arms`` in training order.
 
-    Resumable: finished records are skipped (``results.run_sweep``).
+    Resumable: finished records are skipped (``sweep.run_sweep``).
     """
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise ValueError(f"unknown arm {bad[0]!r}; allowed: {', '.join(ARMS)}")
-    results.run_sweep(ablations.lr_sweep(scale, root), log=log)
+    sweep.run_sweep(ablations.lr_sweep(scale, root), log=log)
     for arm in arms:
-        results.run_sweep(order_for_training(globals()[arm](scale, root)), log=log)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m soap_lab.freq_study [--scale cpu_freq] [--arms seeded batch long] [--threads 1]``."""
-    p = argparse.ArgumentParser(prog="python -m soap_lab.freq_study", description=run.__doc__.split("\n")[0])
-    p.add_argument("--scale", default="cpu_freq", choices=list(ablations.SCALES))
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
-    p.add_argument("--runs-root", default=None, help="root of the run records (default <repo>/data/runs)")
-    p.add_argument("--report", action="store_true", help="print the rise and claim tables of the stored runs; no training")
-    args = p.parse_args(argv)
-    if args.report:
-        from . import freq_analysis, plot_seeds
-
-        datas = plot_seeds.study_datas(ablations.get_scale(args.scale), args.runs_root)
-        if not datas:
-            print(f"{p.prog}: error: no stored runs of the seeded study at scale {args.scale}", file=sys.stderr)
-            return 1
-        print(freq_analysis.markdown(freq_analysis.final_losses(datas)))
-        return 0
-    import torch
-
-    torch.set_num_threads(args.threads)
-    try:
-        run(ablations.get_scale(args.scale), args.arms, args.runs_root, log=lambda m: print(m, flush=True))
-    except ablations.MissingResults as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        sweep.run_sweep(order_for_training(ablations.configs(f"frequency_{arm}", scale, root)), log=log)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import freq_study_main
+
+    sys.exit(freq_study_main())

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import analysis, results
+from . import results, stored
+from .provenance import provenance
 
 __all__ = ["default_path", "model_shapes", "timing_study", "run", "fit_floor"]
 
@@ -34,7 +35,7 @@ def default_path(scale_name: str) -> Path:
     (``<name>-<hash>``, ``ablations.get_scale``) goes to ``<repo>/out/overhead/`` (git-ignored)."""
     if "-" in scale_name:
         return results.REPO_ROOT / "out" / "overhead" / f"overhead_{scale_name}.json"
-    return analysis.OVERHEAD_DIR / f"overhead_{scale_name}.json"
+    return stored.OVERHEAD_DIR / f"overhead_{scale_name}.json"
 
 
 def _model(scale, device):
@@ -220,7 +221,7 @@ def timing_study(scale: Any = "cpu", frequencies: Optional[Sequence[int]] = None
         "fit": fit_floor([r["f"] for r in summary], [r["overhead_pct"] for r in summary]),
         "loadavg_start": load_start,
         "loadavg_end": load_end,
-        "provenance": analysis.provenance(str(dev)),
+        "provenance": provenance(str(dev)),
     }
 
 
@@ -228,4 +229,4 @@ def run(scale: Any = "cpu", path: Optional[os.PathLike] = None, **kw: Any) -> Pa
     """Run :func:`timing_study` and store it as JSON (default ``data/overhead/overhead_<scale>.json``)."""
     data = timing_study(scale, **kw)
     out = Path(path) if path is not None else default_path(data["params"]["scale"])
-    return analysis.save_json(data, out)
+    return stored.save_json(data, out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from . import ablations, freq_analysis, stats
+from . import ablations, analysis, freq_analysis, stats
 
 __all__ = ["SEEDED_SCALES", "study_datas", "draw", "plot_frequency_seeded"]
 
@@ -30,14 +30,14 @@ def _mean_ci(values):
 
 def plot_frequency_seeded(data: Mapping[str, Any], figures_dir, name: str = "frequency_seeded") -> List:
     """Draw the figure from ``{scale name: [StudyData of the arms]}`` (a scale mapped to None is named in the footer)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # drawing only: the tables (``--report``) need neither matplotlib nor seaborn
 
     from . import plotting
 
     frames = {k: freq_analysis.final_losses(v) for k, v in data.items() if v}
     groups = [(k, b, s) for k, df in frames.items() if len(df) for b, s in freq_analysis._groups(df)]
     if not groups:
-        raise plotting.analysis.ablations.MissingResults(
+        raise ablations.MissingResults(
             "frequency_seeded: no runs of the seeded frequency study: run `python -m soap_lab.freq_study`")
     with plotting.style():
         fig, axes = plt.subplots(len(groups), 2, figsize=(10.4, 3.8 * len(groups)), squeeze=False)
@@ -51,7 +51,7 @@ def plot_frequency_seeded(data: Mapping[str, Any], figures_dir, name: str = "fre
                 o = g[(g["optimizer"] == opt) & g["final_val_loss"].notna()]
                 if not len(o):
                     continue
-                c = plotting._color(label)
+                c = plotting.color(label)
                 for _, sg in o.groupby("seed"):
                     sg = sg.sort_values("f")
                     ax.plot(sg["f"].astype(int), sg["final_val_loss"], color=c, lw=0.8, alpha=0.45)
@@ -63,9 +63,9 @@ def plot_frequency_seeded(data: Mapping[str, Any], figures_dir, name: str = "fre
             a = g[(g["optimizer"] == "adamw") & g["final_val_loss"].notna()]
             if len(a):
                 m, e, n = _mean_ci(a["final_val_loss"].astype(float).tolist())
-                ax.axhline(m, color=plotting._color("AdamW"), ls="--", lw=1, label=f"AdamW {m:.3f} (n = {n})")
+                ax.axhline(m, color=plotting.color("AdamW"), ls="--", lw=1, label=f"AdamW {m:.3f} (n = {n})")
                 if e:
-                    ax.axhspan(m - e, m + e, color=plotting._color("AdamW"), alpha=0.12, lw=0)
+                    ax.axhspan(m - e, m + e, color=plotting.color("AdamW"), alpha=0.12, lw=0)
             ax.set_xscale("log")
             fs_all = sorted({int(f) for f in g["f"].dropna()})
             ax.set_xticks(fs_all)
@@ -105,14 +105,12 @@ def plot_frequency_seeded(data: Mapping[str, Any], figures_dir, name: str = "fre
         notes = [f"scale {k}: no results (run `python -m soap_lab.freq_study`)" for k, v in data.items() if not v]
         lines.append("Seeds are paired: the same seed gives the same init and data order at every f and for every "
                      "optimizer. Intervals: Student t over seeds (soap_lab.stats).")
-        plotting._footer(fig, lines + notes)
+        plotting.footer(fig, lines + notes)
         return plotting.save(fig, figures_dir, name)
 
 
 def study_datas(scale, root=None) -> Optional[List[Any]]:
     """The ``analysis.StudyData`` of every arm of the seeded study at ``scale`` with stored runs (None: none)."""
-    from . import analysis
-
     out = []
     for arm in ablations.SEEDED_STUDIES:
         try:

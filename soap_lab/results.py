@@ -1,37 +1,30 @@
-"""Run records and sweeps.
+"""Run records: ids, paths, atomic writes, reading them back.
 
 One training run = one JSON record at ``<root>/<experiment>/<run_id>.json`` (``root`` defaults to
 ``<repo>/data/runs``). The ``run_id`` is a readable, deterministic function of the run's config
 (``soap_f10_lr0.01_s0_b1.0_3f2a9c1e``: optimizer, preconditioning frequency, lr, seed, budget fraction,
-then a short hash of the whole config), so a sweep can skip every run whose record already exists: an
-interrupted sweep resumes where it stopped and nothing finished is recomputed. Records are written
-atomically (a temporary file in the same directory, then ``os.replace``), so a killed process never
+then a short hash of the whole config), so a sweep (:mod:`soap_lab.sweep`) can skip every run whose record
+already exists: an interrupted sweep resumes where it stopped and nothing finished is recomputed. Records are
+written atomically (a temporary file in the same directory, then ``os.replace``), so a killed process never
 leaves a half-written record behind.
 
-A sweep is a grid (optimizers x frequencies x lrs x seeds x budget fractions, on top of one base config);
-``shard(grid, i, n)`` hands grid point ``k`` to shard ``k % n``, so ``n`` processes, GPUs or cluster array
-jobs split one grid without talking to each other.
-
 ``load(experiment)`` reads the records back as a pandas DataFrame (one row per run: flattened config and
-summary metrics); ``curves(experiment)`` gives the per-step curves in long format.
+summary metrics); ``curves(experiment)`` gives the per-step curves in long format. Where a record's provenance
+comes from: :mod:`soap_lab.provenance`.
 
 This module imports neither torch nor pandas at import time (plotting code reads results without them).
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 __all__ = [
     "REPO_ROOT",
@@ -41,6 +34,7 @@ __all__ = [
     "run_id",
     "runs_root",
     "record_path",
+    "json_ready",
     "write_json_atomic",
     "read_record",
     "CorruptRecord",
@@ -49,13 +43,8 @@ __all__ = [
     "iter_records",
     "load",
     "curves",
-    "git_info",
-    "environment_info",
-    "grid",
-    "parse_shard",
-    "shard",
-    "run_sweep",
 ]
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS_ROOT = REPO_ROOT / "data" / "runs"
@@ -130,14 +119,14 @@ def record_path(config: Any, root: Optional[os.PathLike] = None) -> Path:
 # ----------------------------------------------------------------------------------------- records
 
 
-def _finite(obj: Any) -> Any:
-    """Replace NaN/inf floats by None (strict JSON has neither)."""
+def json_ready(obj: Any) -> Any:
+    """Replace NaN/inf floats by None, recursively (strict JSON has neither)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_ready(v) for v in obj]
     return obj
 
 
@@ -152,7 +141,7 @@ def write_json_atomic(obj: Any, path: os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_finite(obj), f, indent=1, allow_nan=False)
+            json.dump(json_ready(obj), f, indent=1, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -327,197 +316,4 @@ def curves(
         cfg = pd.DataFrame(configs)
         cfg = cfg[[c for c in cfg.columns if c == "run_id" or c not in out.columns]]
         out = out.merge(cfg, on="run_id", how="left")
-    return out
-
-
-# -------------------------------------------------------------------------------------- provenance
-
-
-def git_info(repo: os.PathLike = REPO_ROOT) -> Dict[str, Any]:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the repository holding soap_lab.
-
-    Read-only: ``--no-optional-locks`` keeps ``git status`` from touching the index. ``dirty`` means a
-    tracked file differs from HEAD (untracked files, such as new run records, do not count).
-    """
-    def git(*args: str) -> Optional[str]:
-        try:
-            out = subprocess.run(
-                ["git", "--no-optional-locks", "-C", str(repo), *args],
-                capture_output=True, text=True, timeout=20,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "commit": commit.strip() if commit else None,
-        "dirty": (status.strip() != "") if status is not None else None,
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("soap-lab")
-    except Exception:  # not installed (run from a plain checkout)
-        import soap_lab
-
-        return getattr(soap_lab, "__version__", "unknown")
-
-
-def environment_info(device: Any = "cpu") -> Dict[str, Any]:
-    """Device (type, name, CPU model, GPU model), torch/python/soap_lab versions, host platform."""
-    import torch
-
-    dev = torch.device(device)
-    info: Dict[str, Any] = {
-        "type": dev.type,
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": None,
-    }
-    if dev.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(dev)
-        info["name"] = info["gpu"]
-    else:
-        info["name"] = info["cpu"]
-    return {
-        "device": info,
-        "torch_version": torch.__version__,
-        "python_version": sys.version.split()[0],
-        "soap_lab_version": _package_version(),
-        "platform": platform.platform(),
-        "hostname": platform.node(),
-    }
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-# ------------------------------------------------------------------------------------------ sweeps
-
-
-def grid(
-    base: Any,
-    optimizers: Optional[Sequence[str]] = None,
-    frequencies: Optional[Sequence[Optional[int]]] = None,
-    lrs: Optional[Sequence[float]] = None,
-    seeds: Optional[Sequence[int]] = None,
-    budget_fractions: Optional[Sequence[float]] = None,
-    optimizer_hparams: Optional[Mapping[str, Mapping[str, Any]]] = None,
-    **fixed: Any,
-) -> List[Any]:
-    """The configs of a sweep, in a fixed order (optimizer, then frequency, lr, seed, budget fraction).
-
-    ``base`` is a ``TrainConfig``; ``fixed`` overrides its fields for every point (e.g. ``batch_size=64``).
-    An axis left as ``None`` keeps the base value. Frequencies apply only to optimizers that take a
-    ``precondition_frequency`` (``train.TAKES_FREQUENCY``); the others get ``None`` once, not once per
-    frequency. ``optimizer_hparams[name]`` is merged over ``base.hparams`` for optimizer ``name`` only
-    (e.g. Shampoo's ``exponent``). Points are unique by run id.
-    """
-    from .train import TAKES_FREQUENCY
-
-    base = dataclasses.replace(base, **fixed)
-    opts = list(optimizers) if optimizers else [base.optimizer]
-    freqs = list(frequencies) if frequencies else [base.precondition_frequency]
-    out: List[Any] = []
-    seen = set()
-    per_opt = dict(optimizer_hparams or {})
-    for opt in opts:
-        opt_freqs = freqs if opt in TAKES_FREQUENCY else [None]
-        hparams = {**base.hparams, **per_opt.get(opt, {})}
-        for f in opt_freqs:
-            for lr in (lrs or [base.lr]):
-                for seed in (seeds or [base.seed]):
-                    for bf in (budget_fractions or [base.budget_fraction]):
-                        cfg = dataclasses.replace(
-                            base, optimizer=opt, precondition_frequency=f, lr=float(lr),
-                            seed=int(seed), budget_fraction=float(bf), hparams=dict(hparams),
-                        )
-                        rid = run_id(cfg)
-                        if rid not in seen:
-                            seen.add(rid)
-                            out.append(cfg)
-    return out
-
-
-def parse_shard(spec: str) -> Tuple[int, int]:
-    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N`` (0-based, as SLURM_ARRAY_TASK_ID=0..N-1)."""
-    try:
-        i_s, n_s = str(spec).split("/")
-        i, n = int(i_s), int(n_s)
-    except ValueError:
-        raise ValueError(f"bad shard spec {spec!r}: expected i/N with integers 0 <= i < N, e.g. 0/4") from None
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"bad shard spec {spec!r}: expected i/N with 0 <= i < N (allowed i: 0..{max(n, 1) - 1})")
-    return i, n
-
-
-def shard(items: Sequence[Any], index: int, count: int) -> List[Any]:
-    """Grid point ``k`` belongs to shard ``k % count``: the shards partition the grid, sizes differ by <= 1."""
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard index must satisfy 0 <= index < count, got {index}/{count}")
-    return list(items[index::count])
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def run_sweep(
-    configs: Sequence[Any],
-    train_fn: Optional[Callable[[Any], Any]] = None,
-    skip_existing: bool = True,
-    after_run: Optional[Callable[[Any, Any], None]] = None,
-    log: Optional[Callable[[str], None]] = print,
-) -> List[Dict[str, Any]]:
-    """Train every config whose record does not exist yet; returns ``[{"run_id", "status", "path"}]``.
-
-    ``status`` is ``"skipped"`` (record found) or ``"done"``. Exceptions propagate (the sweep stops; rerun
-    it to resume). ``after_run(config, result)`` is called after each run that trained. Under torchrun
-    (WORLD_SIZE > 1) rank 0 decides what to skip and tells the others, so all ranks train the same runs.
-    """
-    from . import train as train_mod
-
-    train_fn = train_fn or train_mod.train
-    rank, _world, _local = train_mod.init_distributed_for(configs[0] if configs else None)
-    out: List[Dict[str, Any]] = []
-    to_train = sum(1 for c in configs if not (skip_existing and has_record(c))) if log else 0
-    trained, spent = 0, 0.0
-    for n, cfg in enumerate(configs, 1):
-        rid = run_id(cfg)
-        path = record_path(cfg)
-        skip = skip_existing and has_record(cfg)
-        skip = train_mod.broadcast_from_rank0(skip)
-        if skip:
-            if log and rank == 0:
-                log(f"[{n}/{len(configs)}] skip {rid} (record exists)")
-            out.append({"run_id": rid, "status": "skipped", "path": str(path)})
-            continue
-        if log and rank == 0:
-            eta = (f"ETA {_duration(spent / trained * (to_train - trained))}" if trained
-                   else "ETA after the first run")
-            log(f"[{n}/{len(configs)}] run  {rid}  ({trained} of {to_train} to train done, {eta})")
-        t0 = time.perf_counter()
-        result = train_fn(cfg)
-        trained, spent = trained + 1, spent + time.perf_counter() - t0
-        out.append({"run_id": rid, "status": "done", "path": str(path)})
-        if after_run is not None:
-            after_run(cfg, result)
     return out

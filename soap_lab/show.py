@@ -7,18 +7,18 @@ train loss (thin) and validation loss (markers) of every run against the step, o
 
     python -m soap_lab show soap_f10_lr0.01_s0_b1.0_3a9e1c2f adamw_lr0.01_s0_b1.0_9f0289f5
     python -m soap_lab show 'shampoo_f*' --experiment paper_cpu --plot out/shampoo.png
+
+The command line is in :mod:`soap_lab.cli` (``show_main``).
 """
 from __future__ import annotations
 
-import argparse
 import fnmatch
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import results
 
-__all__ = ["find_runs", "summary_rows", "main"]
+__all__ = ["find_runs", "summary_rows", "format_table", "plot"]
 
 COLUMNS = ("run_id", "optimizer", "f", "lr", "seed", "tokens/step", "steps", "final_val", "best_val", "diverged", "train_s",
            "record")
@@ -100,25 +100,3 @@ def plot(paths: Sequence[Path], out: Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m soap_lab show") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0].replace("``", ""),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="record path, run id, or glob over run ids")
-    p.add_argument("--runs-root", default=None, help="root of the run records (default <repo>/data/runs)")
-    p.add_argument("--experiment", default=None, help="search this experiment only (default: all)")
-    p.add_argument("--plot", default=None, metavar="FILE", help="also draw the runs' loss curves to FILE (.png/.pdf)")
-    args = p.parse_args(argv)
-    try:
-        paths = find_runs(args.runs, args.runs_root, args.experiment)
-    except ValueError as e:
-        p.error(str(e))
-    rows, warnings = summary_rows(paths)
-    for w in warnings:
-        print(f"soap_lab: warning: {w}", file=sys.stderr)
-    if rows:
-        print(format_table(rows))
-    if args.plot and rows:
-        print(f"curves -> {plot([Path(r['record']) for r in rows], Path(args.plot))}")
-    return 0 if rows else 1

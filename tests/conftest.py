@@ -1,3 +1,6 @@
+import contextlib
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -17,8 +20,6 @@ def _seeded_global_rng():
 # Property tests explore random examples locally; in CI (CI=true) the examples are derived from the test itself,
 # so a submission's result does not depend on the draw.
 try:
-    import os
-
     from hypothesis import settings
 
     settings.register_profile("ci", derandomize=True, deadline=None)
@@ -28,12 +29,175 @@ except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     pass
 
 
+# ------------------------------------------------------------------------------------------ threads
+@contextlib.contextmanager
+def _torch_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test: tiny models gain nothing from a second thread, and on a shared machine
     two threads per process cost a lot. Modules that train use it with
     ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    with _torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """``one_thread`` for module-scoped fixtures that train (they run before the function-scoped one)."""
+    with _torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def one_thread_env():
+    """The environment for a subprocess that trains: this one's, with one OpenMP thread."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
+def one_thread_kernels():
+    """One OpenMP thread in every Jupyter kernel started in the session (kernels inherit the environment)."""
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
-    torch.set_num_threads(n)
+    if old is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = old
+
+
+# ---------------------------------------------------------------------------------- configs of runs
+@pytest.fixture
+def run_config():
+    """``run_config(root, **fields)``: the ``TrainConfig`` of a 3-step tiny run recorded under ``root/sweep/``."""
+    from soap_lab.train_config import TrainConfig
+
+    def make(root, **fields):
+        base = dict(preset="tiny", steps=3, batch_size=4, seq_len=32, eval_every=0, eval_batches=1,
+                    progress=False, out_dir=str(root), experiment="sweep")
+        base.update(fields)
+        return TrainConfig(**base)
+
+    return make
+
+
+# -------------------------------------------------------------------------- synthetic run records
+#: A small scale whose every study has synthetic records (``synthetic_pool``): figures and tables, no training.
+SYNTHETIC_OVERRIDES = dict(preset="tiny", steps=40, eval_every=10, batch_size=8,
+                           lrs={"adamw": (1e-3, 1e-2), "soap": (1e-3, 1e-2), "shampoo": (1e-3, 1e-2)},
+                           frequencies=(1, 10), batch_sizes=(4, 8, 16), budget_fractions=(0.5, 0.75, 1.0))
+# asymptote of each optimizer's synthetic loss curve (lower is better)
+_FLOOR = {"adamw": 2.0, "shampoo": 1.9, "soap": 1.8, "soap_factorized": 1.82, "soap_one_sided": 1.9,
+          "soap_factorized_one_sided": 1.95}
+
+
+def _synthetic_loss(cfg, step):
+    """a + 3·(step·batch/8)^-0.5, worse by 0.3 at the non-tuned lr (1e-3)."""
+    a = _FLOOR[cfg.optimizer] + (0.3 if cfg.lr < 5e-3 else 0.0)
+    if cfg.optimizer.startswith("soap") and cfg.precondition_frequency and cfg.precondition_frequency > 10:
+        a += 0.02
+    return a + 3.0 * (step * cfg.batch_size / 8) ** -0.5
+
+
+def _write_synthetic_record(cfg, root, step_time=0.01):
+    """A record with the layout ``soap_lab.train`` writes, with loss curves whose numbers are known."""
+    from soap_lab import results
+
+    steps = max(1, int(math.floor(cfg.budget_fraction * cfg.steps + 0.5)))
+    st = step_time * (3 if cfg.optimizer != "adamw" else 1)
+    val_steps = list(range(cfg.eval_every, steps, cfg.eval_every)) + [steps]
+    metrics = {
+        "step": list(range(1, steps + 1)),
+        "loss": [_synthetic_loss(cfg, s) for s in range(1, steps + 1)],
+        "step_time": [st] * steps,
+        "opt_time": [st / 2] * steps,
+        "time": [st * s for s in range(1, steps + 1)],
+        "val_step": val_steps,
+        "val_loss": [_synthetic_loss(cfg, s) for s in val_steps],
+        "val_time": [st * s for s in val_steps],
+    }
+    state = {"adamw": 2, "shampoo": 9, "soap": 9, "soap_factorized": 8, "soap_one_sided": 3,
+             "soap_factorized_one_sided": 1.5}[cfg.optimizer]
+    summary = {"steps_total": steps, "steps_done": steps, "final_val_loss": metrics["val_loss"][-1],
+               "final_train_loss": metrics["loss"][-1], "diverged": False, "wall_time": st * steps,
+               "opt_time_total": st / 2 * steps, "step_time_mean": st, "optimizer_state_bytes": int(state * 4000),
+               "num_params": 1000, "tokens_per_step": cfg.batch_size * 32, "seq_len_used": 32}
+    rec = {"schema": 1, "run_id": results.run_id(cfg), "experiment": cfg.experiment, "config": results.config_dict(cfg),
+           "summary": summary, "metrics": metrics,
+           "provenance": {"device": {"type": "cpu", "name": "Synthetic CPU"}, "git_commit": None}}
+    results.write_json_atomic(rec, results.record_path(cfg, root))
+
+
+@pytest.fixture(scope="session")
+def synthetic_overrides():
+    """The ``Scale`` fields of the synthetic scale (``--scale-overrides`` of the figure command)."""
+    return dict(SYNTHETIC_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def synthetic_scale():
+    """The synthetic scale: ``cpu`` with :data:`SYNTHETIC_OVERRIDES` (renamed ``cpu-<hash>``)."""
+    from soap_lab import notebook
+
+    return notebook.notebook_scale("cpu", overrides=SYNTHETIC_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def synthetic_pool(tmp_path_factory, synthetic_scale):
+    """A runs root with a synthetic record for every config of every study of the synthetic scale (the lr sweep
+    first: the others need tuned lrs). Tests only read it; one that corrupts records copies it first."""
+    from soap_lab import ablations, results
+
+    root = tmp_path_factory.mktemp("synthetic_runs")
+    for study in ablations.STUDIES:
+        for cfg in ablations.configs(study, synthetic_scale, root):
+            if not results.has_record(cfg):
+                _write_synthetic_record(cfg, root)
+    return root
+
+
+@pytest.fixture
+def never_reached(synthetic_pool, synthetic_scale):
+    """The comparison study's efficiency row vs AdamW when AdamW's final loss is below SOAP's asymptote."""
+    from soap_lab import analysis
+
+    sd = analysis.study_data("comparison", synthetic_scale, synthetic_pool)
+    runs = sd.runs.copy()
+    runs.loc[runs["label"] == "AdamW", "final_val_loss"] = 1.0  # below SOAP's asymptote 1.8
+    sd.runs = runs
+    return analysis.efficiency_table(sd, baselines=("AdamW",))[0]
+
+
+# ---------------------------------------------------------------------------------- a trained pool
+#: The tiny sweep every notebook runs against (``smoke_pool``).
+SMOKE = dict(preset="tiny", steps=8, eval_every=2, eval_batches=1, batch_size=4,
+             lrs={"adamw": [1e-2], "soap": [1e-2], "shampoo": [1e-2]}, frequencies=[2, 4], batch_sizes=[2, 4],
+             budget_fractions=[0.5, 0.75, 1.0])
+
+
+@pytest.fixture(scope="session")
+def smoke_overrides():
+    """The ``Scale`` fields of the smoke sweep (a notebook's ``scale_overrides``)."""
+    return dict(SMOKE)
+
+
+@pytest.fixture(scope="session")
+def smoke_pool(tmp_path_factory, one_thread_kernels):
+    """The tiny sweep of every study (:data:`SMOKE`), trained once (in-process, one thread) for the session:
+    ``(results root, scale)``."""
+    from soap_lab import ablations, notebook
+
+    root = tmp_path_factory.mktemp("runs")
+    sc = notebook.notebook_scale("cpu", overrides=SMOKE)
+    with _torch_threads(1):
+        for study in ablations.STUDIES:
+            ablations.run(study, sc, root, log=None)
+    return root, sc

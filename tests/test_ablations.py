@@ -1,9 +1,7 @@
 """Study grids: seeds reach every study, overridden scales get their own pool, the tuned lr needs clean records."""
-import json
-
 import pytest
 
-from soap_lab import ablations, freq_study, results
+from soap_lab import ablations, results
 
 
 @pytest.fixture
@@ -65,17 +63,22 @@ def test_a_corrupt_lr_record_is_named_never_skipped(tmp_path, content, words):
 
 def test_frequency_study_grid(fixed_lrs):
     sc = ablations.get_scale("cpu_freq")
-    main = freq_study.seeded(sc)
+    main = ablations.frequency_seeded(sc)
     # AdamW × 3 seeds + (SOAP, Shampoo) × 4 frequencies × 3 seeds
     assert len(main) == 3 + 2 * 4 * 3
     sh = [c for c in main if c.optimizer == "shampoo"]
     assert all(c.hparams == ablations.SHAMPOO_BASELINE for c in sh)
     assert all(c.hparams == {} and c.precondition_frequency for c in main if c.optimizer == "soap")
-    arm = freq_study.batch(sc)
+    arm = ablations.frequency_batch(sc)
     assert {c.batch_size for c in arm} == {64, 256} and {c.precondition_frequency for c in arm} == {1, 30}
     assert len(arm) == 2 * 2 * 2 * 3
-    lg = freq_study.long(sc)
+    lg = ablations.frequency_long(sc)
     assert {c.steps for c in lg} == {3000} and {c.seed for c in lg} == {0, 1}
-    order = freq_study.order_for_training(main)
-    assert [c.precondition_frequency for c in order[:6]] == [1, 1, 10, 10, 30, 30]
-    assert order[-1].optimizer == "adamw" and {c.precondition_frequency for c in order[18:24]} == {3}
+    assert ablations.configs("frequency_seeded", sc) == main and ablations.configs("frequency_long", sc) == lg
+
+
+def test_a_study_takes_a_frequency_only_where_the_optimizer_does():
+    sc = ablations.get_scale("cpu")
+    assert ablations._config(sc, None, "adamw", 1e-2).precondition_frequency is None
+    assert ablations._config(sc, None, "soap", 1e-2).precondition_frequency == sc.base_frequency
+    assert ablations._config(sc, None, "shampoo", 1e-2).hparams == ablations.SHAMPOO_BASELINE

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from soap_lab import checkpoint, results, train as train_mod
-from soap_lab.train import TrainConfig, train
+from soap_lab.train import train
+from soap_lab.train_config import TrainConfig
 
 pytest.importorskip("soap_lab.models")
 pytest.importorskip("soap_lab.data")
@@ -93,11 +94,11 @@ def test_unusable_checkpoint_is_set_aside_with_one_line(tmp_path, capsys, conten
     assert ckpt.with_name(ckpt.name + ".corrupt").is_file() and not ckpt.exists()
 
 
-def test_sigterm_to_the_cli_then_the_same_command_resumes(tmp_path):
+def test_sigterm_to_the_cli_then_the_same_command_resumes(tmp_path, one_thread_env):
     """A real kill: SIGTERM once the run has written a checkpoint, then the same command again."""
     common = ["train", "--optimizer", "soap", "-f", "2", "--preset", "tiny", "--steps", "40", "--batch-size", "4",
               "--seq-len", "32", "--eval-every", "10", "--eval-batches", "1", "--no-progress", "--experiment", "k"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = one_thread_env
 
     def cli(root, *extra, **kw):
         return [sys.executable, "-m", "soap_lab", *common, "--runs-root", str(root), *extra]

@@ -1,14 +1,14 @@
-"""python -m soap_lab: train and sweep commands, clear errors (exit code 2, allowed values listed)."""
-import os
+"""soap_lab.__main__ and soap_lab.cli: train and sweep commands, the subcommands that own their options, clear errors
+(exit code 2, allowed values listed)."""
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from soap_lab import results
+from soap_lab import cli, results, sweep
 from soap_lab.__main__ import main
-from soap_lab.train import TrainConfig
+from soap_lab.train_config import TrainConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -18,15 +18,14 @@ TINY = ["--preset", "tiny", "--steps", "3", "--batch-size", "4", "--seq-len", "3
         "--eval-every", "0", "--no-progress"]
 
 
-def run_cli(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run_cli(env, *args):
     return subprocess.run([sys.executable, "-X", "importtime", "-m", "soap_lab", *args], capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=120)
 
 
-def test_unknown_optimizer_exits_2_listing_allowed_names():
+def test_unknown_optimizer_exits_2_listing_allowed_names(one_thread_env):
     # -X importtime lists every module imported on the way to the error (on stderr)
-    p = run_cli("train", "--optimizer", "adam")
+    p = run_cli(one_thread_env, "train", "--optimizer", "adam")
     assert p.returncode == 2
     assert "invalid choice: 'adam'" in p.stderr and "soap_factorized_one_sided" in p.stderr
     assert "Traceback" not in p.stderr
@@ -129,8 +128,23 @@ def test_sweep_shards_cover_the_grid(tmp_path, capsys):
     names = sorted(p.stem for p in (tmp_path / "g").glob("*.json"))
     assert len(names) == 4
     base = TrainConfig(preset="tiny", steps=3, batch_size=4, seq_len=32, eval_batches=1, eval_every=0)
-    configs = results.grid(base, lrs=[1e-3, 3e-3], budget_fractions=[0.5, 1.0])
+    configs = sweep.grid(base, lrs=[1e-3, 3e-3], budget_fractions=[0.5, 1.0])
     assert names == sorted(results.run_id(c) for c in configs)
     capsys.readouterr()
     assert main(["sweep", *grid]) == 0  # everything done: all skipped
     assert capsys.readouterr().out.count("skip") == 4
+
+
+def test_freq_study_command_reports_or_names_what_is_missing(tmp_path, capsys):
+    assert cli.freq_study_main(["--report", "--runs-root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "python -m soap_lab.freq_study: error: no stored runs of the seeded study at scale cpu_freq" in err
+    with pytest.raises(SystemExit) as e:
+        cli.freq_study_main(["--arms", "wide"])
+    assert e.value.code == 2 and "invalid choice: 'wide'" in capsys.readouterr().err
+
+
+def test_freq_study_runs_as_a_module(one_thread_env):
+    p = subprocess.run([sys.executable, "-m", "soap_lab.freq_study", "--help"], capture_output=True, text=True,
+                       cwd=REPO, env=one_thread_env, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("usage: python -m soap_lab.freq_study") and "--report" in p.stdout

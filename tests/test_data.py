@@ -1,4 +1,4 @@
-"""soap_lab.data and data/prepare.py: R decoder, shipped corpora, tokenizers, splits, samplers, HF loader."""
+"""soap_lab.data and data/prepare.py: R decoder, shipped corpora, tokenizers, splits, any text as a corpus."""
 import gzip
 import hashlib
 import importlib.util
@@ -264,90 +264,7 @@ def test_corrupt_data_raises_data_error(tmp_path, monkeypatch):
         D.get_tokenizer("bpe", "austen")
 
 
-# --- batches ----------------------------------------------------------------------------------------
-
-def test_batch_sampler_shapes_shift_and_reproducibility():
-    tokens = D.token_stream("shakespeare", "char", "train")
-    s1, s2 = D.BatchSampler(tokens, 4, 16, seed=3), D.BatchSampler(tokens, 4, 16, seed=3)
-    for _ in range(3):
-        (x1, y1), (x2, y2) = s1.next(), s2.next()
-        assert x1.shape == y1.shape == (4, 16) and x1.dtype == torch.int64
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)
-        assert torch.equal(x1[:, 1:], y1[:, :-1])
-    # each row is a contiguous window of the stream
-    start = s1.global_starts(2)[0]
-    assert torch.equal(x1[0], tokens[start:start + 16]) and torch.equal(y1[0], tokens[start + 1:start + 17])
-    other = D.BatchSampler(tokens, 4, 16, seed=4).next()[0]
-    assert not torch.equal(other, D.BatchSampler(tokens, 4, 16, seed=3).next()[0])
-
-
-def test_batch_sampler_state_dict_resume():
-    tokens = torch.arange(1000)
-    a = D.BatchSampler(tokens, 3, 8, seed=7)
-    for _ in range(5):
-        a.next()
-    sd = json.loads(json.dumps(a.state_dict()))  # JSON-serializable
-    expected = [a.next() for _ in range(3)]
-    b = D.BatchSampler(tokens, 3, 8, seed=0)
-    b.load_state_dict(sd)
-    for (x, y), (xe, ye) in zip((b.next() for _ in range(3)), expected):
-        assert torch.equal(x, xe) and torch.equal(y, ye)
-    with pytest.raises(ValueError):
-        D.BatchSampler(tokens, 5, 8).load_state_dict(sd)
-
-
-def test_batch_sampler_ddp_ranks_partition_global_batch():
-    tokens = torch.arange(5000)
-    single = D.BatchSampler(tokens, 8, 12, seed=1)
-    ranks = [D.BatchSampler(tokens, 2, 12, seed=1, rank=r, world_size=4) for r in range(4)]
-    for _ in range(3):
-        x, y = single.next()
-        parts = [r.next() for r in ranks]
-        assert torch.equal(torch.cat([p[0] for p in parts]), x)
-        assert torch.equal(torch.cat([p[1] for p in parts]), y)
-    # resuming a 4-rank run in one process (same global batch) is allowed
-    single2 = D.BatchSampler(tokens, 8, 12)
-    single2.load_state_dict(ranks[0].state_dict())
-    assert torch.equal(single2.next()[0], torch.cat([r.next()[0] for r in ranks]))
-    with pytest.raises(ValueError):
-        D.BatchSampler(tokens, 2, 12, rank=4, world_size=4)
-
-
-def test_eval_batches_fixed_and_covering():
-    tokens = torch.arange(10_000)
-    b1 = D.eval_batches(tokens, 4, 32, 3)
-    b2 = D.eval_batches(tokens, 4, 32, 3)
-    assert len(b1) == 3
-    for (x, y), (x2, y2) in zip(b1, b2):
-        assert x.shape == (4, 32) and torch.equal(x, x2) and torch.equal(y, y2)
-        assert torch.equal(y, x + 1)
-    assert b1[0][0][0, 0] == 0 and b1[-1][1][-1, -1] == 9_999  # first and last token covered
-    with pytest.raises(ValueError):
-        D.eval_batches(torch.arange(10), 1, 32, 1)
-
-
-# --- Hugging Face datasets --------------------------------------------------------------------------
-
-def test_hf_token_stream_local_jsonl(tmp_path):
-    pytest.importorskip("datasets")
-    docs = [{"text": f"Document {i}: Emma Woodhouse was handsome.", "id": i} for i in range(10)]
-    path = tmp_path / "tiny.jsonl"
-    path.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
-    tok = D.get_tokenizer("char", "austen")
-    cache = tmp_path / "hf_cache"
-    full = D.hf_token_stream(str(path), tok, cache_dir=str(cache))
-    assert full.dtype == torch.int64 and full.dim() == 1
-    assert tok.decode(full) == "\n\n".join(d["text"] for d in docs)
-    two = D.hf_token_stream(str(path), tok, max_docs=2, cache_dir=str(cache))
-    assert tok.decode(two) == docs[0]["text"] + "\n\n" + docs[1]["text"]
-    capped = D.hf_token_stream(str(path), "bpe", max_tokens=17, cache_dir=str(cache))
-    assert capped.numel() == 17
-    bpe = D.get_tokenizer("bpe")
-    expected = bpe.encode(docs[0]["text"]) + bpe.encode("\n\n") + bpe.encode(docs[1]["text"])
-    assert capped.tolist() == expected[:17]
-    with pytest.raises(ValueError, match="content"):
-        D.hf_token_stream(str(path), tok, text_field="content", cache_dir=str(cache))
-
+# --- data/prepare.py ---------------------------------------------------------------------------------
 
 def test_prepare_fails_loudly_on_checksum_mismatch(prepare, tmp_path):
     f = tmp_path / "pkg.deb"
@@ -398,7 +315,8 @@ def test_a_text_file_is_a_corpus(tmp_path, monkeypatch):
 
 def test_a_datasets_dataset_is_a_corpus_and_trains(tmp_path, one_thread):
     pytest.importorskip("datasets")
-    from soap_lab.train import TrainConfig, train
+    from soap_lab.train import train
+    from soap_lab.train_config import TrainConfig
 
     docs = [{"text": line} for line in _text(300).splitlines()]
     path = tmp_path / "docs.jsonl"

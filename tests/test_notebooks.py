@@ -1,8 +1,9 @@
 """Every notebook runs end to end under papermill in a smoke configuration, writing its files where told.
 
-One tiny sweep (preset ``tiny``, 8 steps, 2 frequencies, 1 lr per optimizer) is trained once for the session,
-in-process, into a temporary results root; each training notebook then runs against that root (the sweep
-engine skips the stored runs), draws its figures into a temporary folder, and the test checks the files. The
+One tiny sweep (preset ``tiny``, 8 steps, 2 frequencies, 1 lr per optimizer; ``smoke_pool`` in conftest.py) is
+trained once for the session, in-process, into a temporary results root; each training notebook then runs against
+that root (the sweep engine skips the stored runs), draws its figures into a temporary folder, and the test checks
+the files. The
 timing and equivalence notebooks run with tiny sizes. Bad parameters must stop a notebook with a one-line
 message (papermill's PapermillExecutionError carries it). Kernels run with one torch thread.
 """
@@ -12,14 +13,11 @@ import os
 import nbformat
 import pytest
 
-from soap_lab import ablations, figures, results
+from soap_lab import ablations, results, rerun
 
 papermill = pytest.importorskip("papermill")
 
-NOTEBOOKS = figures.NOTEBOOKS_DIR
-SMOKE = dict(preset="tiny", steps=8, eval_every=2, eval_batches=1, batch_size=4,
-             lrs={"adamw": [1e-2], "soap": [1e-2], "shampoo": [1e-2]}, frequencies=[2, 4], batch_sizes=[2, 4],
-             budget_fractions=[0.5, 0.75, 1.0])
+NOTEBOOKS = rerun.NOTEBOOKS_DIR
 TRAINING = {  # notebook -> (study, figures it draws)
     "lr_sweep": ("lr_sweep", ["lr_sweep"]),
     "precondition_frequency": ("frequency", ["frequency"]),
@@ -27,34 +25,6 @@ TRAINING = {  # notebook -> (study, figures it draws)
     "batch_size": ("batch_size", ["batch_size"]),
     "variants": ("variants", ["variants"]),
 }
-
-
-@pytest.fixture(scope="session")
-def one_thread_kernels():
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # kernels inherit it: no thread oversubscription on a shared CPU
-    yield
-    if old is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = old
-
-
-@pytest.fixture(scope="session")
-def smoke_pool(tmp_path_factory, one_thread_kernels):
-    """The tiny sweep of every study, trained once (in-process, one thread) for all notebook tests."""
-    import torch
-
-    root = tmp_path_factory.mktemp("runs")
-    sc = figures.notebook_scale("cpu", overrides=SMOKE)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for study in ablations.STUDIES:
-            ablations.run(study, sc, root, log=None)
-    finally:
-        torch.set_num_threads(threads)
-    return root, sc
 
 
 def execute(name, out_dir, **parameters):
@@ -68,7 +38,7 @@ def test_notebooks_are_committed_clean():
     """Thin, parameterized, without outputs: exactly one `parameters` cell, no outputs or execution counts."""
     names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
     assert set(names) == set(TRAINING) | {"overhead", "equivalence"}
-    assert set(figures.STUDY_NOTEBOOKS.values()) == {f"{n}.ipynb" for n in names}
+    assert set(rerun.STUDY_NOTEBOOKS.values()) == {f"{n}.ipynb" for n in names}
     for name in names:
         nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -79,10 +49,10 @@ def test_notebooks_are_committed_clean():
 
 
 @pytest.mark.parametrize("name", list(TRAINING))
-def test_training_notebook_smoke(name, smoke_pool, tmp_path):
+def test_training_notebook_smoke(name, smoke_pool, smoke_overrides, tmp_path):
     root, sc = smoke_pool
     study, figs = TRAINING[name]
-    execute(name, tmp_path, scale_overrides=SMOKE, results_root=str(root), figures_dir=str(tmp_path / "fig"),
+    execute(name, tmp_path, scale_overrides=smoke_overrides, results_root=str(root), figures_dir=str(tmp_path / "fig"),
             torch_threads=1)
     for cfg in ablations.configs(study, sc, root):
         assert results.has_record(cfg), results.run_id(cfg)
@@ -136,24 +106,12 @@ def test_bad_parameters_stop_with_one_line(name, parameters, message, tmp_path, 
     assert not (tmp_path / "fig").exists() and not (tmp_path / "empty").exists()  # stopped before any training
 
 
-def test_papermill_text_parameters_are_read_as_lists_and_mappings(smoke_pool, tmp_path):
+def test_papermill_text_parameters_are_read_as_lists_and_mappings(smoke_pool, smoke_overrides, tmp_path):
     """`papermill -p frequencies '[2, 4]'` passes text: it must mean the list (same scale, same stored runs)."""
     root, sc = smoke_pool
-    execute("precondition_frequency", tmp_path, scale_overrides=json.dumps(SMOKE), frequencies="[2, 4]",
+    execute("precondition_frequency", tmp_path, scale_overrides=json.dumps(smoke_overrides), frequencies="[2, 4]",
             lrs='{"soap": [0.01]}', train=False, results_root=str(root), figures_dir=str(tmp_path / "fig"))
     assert (tmp_path / "fig" / "frequency.png").stat().st_size > 1000
-
-
-def test_main_ablations_runs_a_study_through_its_notebook(smoke_pool, tmp_path):
-    root, _ = smoke_pool
-    argv = ["--scale", "cpu", "--study", "lr_sweep", "--runs-root", str(root), "--figures-dir", str(tmp_path / "fig"),
-            "--executed-dir", str(tmp_path / "executed"), "--scale-overrides", json.dumps(SMOKE), "--torch-threads", "1"]
-    assert figures.main_ablations(argv) == 0
-    sc = figures.notebook_scale("cpu", overrides=SMOKE)  # overridden: named cpu-<hash>
-    assert sc.name.startswith("cpu-") and (tmp_path / "executed" / f"lr_sweep_{sc.name}.ipynb").exists()
-    assert (tmp_path / "fig" / "lr_sweep.png").exists()
-    # without papermill (the GPU machine): the same study through soap_lab directly, nothing to retrain here
-    assert figures.main_ablations(argv + ["--no-papermill"]) == 0
 
 
 def test_every_notebook_passes_nbval_lax_on_the_committed_results(tmp_path):

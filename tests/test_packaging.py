@@ -1,5 +1,9 @@
-"""The conda environment lists the same dependencies as pyproject.toml; the public API is importable."""
+"""Packaging: the optimizers need torch and numpy only and never import the lab (its libraries are the `lab` extra,
+which `make setup` installs); the conda environment lists the same dependencies; the public API is importable."""
+import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -15,7 +19,7 @@ def _name(req: str) -> str:
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(r) for r in project["dependencies"]}
-    for extra in ("dev", "bench"):
+    for extra in ("lab", "dev", "bench"):
         wanted |= {_name(r) for r in project["optional-dependencies"][extra]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     listed = set()
@@ -28,6 +32,35 @@ def test_environment_yml_matches_pyproject():
     assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
     assert any(str(d).strip() == "-e ." for dep in env["dependencies"] if isinstance(dep, dict) for d in dep["pip"])
     assert "python=3.11" in env["dependencies"]
+
+
+#: What the lab needs and the optimizers must not import.
+LAB_PACKAGES = ("pandas", "matplotlib", "seaborn", "scipy", "papermill", "tokenizers", "tqdm", "ipywidgets")
+
+
+def test_pip_install_needs_torch_and_numpy_only():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(_name(r) for r in project["dependencies"]) == ["numpy", "torch"]
+    lab = {_name(r) for r in project["optional-dependencies"]["lab"]}
+    assert set(LAB_PACKAGES) | {"ipykernel", "nbformat"} == lab
+    assert "-e '.[lab,dev,bench]'" in (ROOT / "Makefile").read_text()  # make setup installs the lab
+
+
+def test_the_core_never_imports_the_lab():
+    """Importing soap_lab and every module of soap_lab.optim loads none of the lab's packages (those torch itself
+    imports are told apart: torch.hub imports tqdm when it is installed)."""
+    code = ("import json, pkgutil, sys, importlib; import torch; before = set(sys.modules); "
+            "import soap_lab, soap_lab.optim; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(soap_lab.optim.__path__, 'soap_lab.optim.')]; "
+            f"lab = {LAB_PACKAGES!r}; "
+            "added = sorted({m.split('.')[0] for m in set(sys.modules) - before} & set(lab)); "
+            "by_torch = sorted(m for m in lab if m in before); "
+            "print(json.dumps([added, by_torch]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    added, by_torch = json.loads(p.stdout.strip().splitlines()[-1])
+    assert added == [], f"the core imports the lab: {added}"
+    assert set(by_torch) <= {"tqdm"}, by_torch
 
 
 def test_torch_is_pinned_for_dev_and_ci():

@@ -38,29 +38,3 @@ def test_integral_values_are_accepted_and_nothing_is_truncated():
     assert P.number("exponent", "0.25", 0.0, 1.0, low_open=True) == 0.25
     with pytest.raises(ParameterError):
         P.integer("steps", 3.000001)
-
-
-def test_notebook_scale_checks_every_override_before_training():
-    from soap_lab import figures
-
-    sc = figures.notebook_scale("cpu", frequencies="[1, 3, 10, 30, 100]", seeds="[0]")
-    assert sc.name == "cpu"  # the same values as the scale's: the committed scale, not a renamed one
-    with pytest.raises(ParameterError, match=r"scale_overrides\['budget_fractions'\]\[0\] must be in \(0, 1\]"):
-        figures.notebook_scale("cpu", overrides={"budget_fractions": [1.5]})
-    with pytest.raises(ParameterError, match=r"scale_overrides\['preset'\]: unknown 'huge'; allowed: tiny"):
-        figures.notebook_scale("cpu", overrides='{"preset": "huge"}')
-    with pytest.raises(ParameterError, match="unknown scale field 'stepz'"):
-        figures.notebook_scale("cpu", overrides={"stepz": 3})
-
-
-def test_claim1_widget_recomputes_only_for_a_new_shape_or_conditioning():
-    from soap_lab import figures
-
-    study = figures.claim1_cache(n_batches=8, max_staleness=3)
-    a = study(6, 4, 10.0, 0.25)
-    assert study(6, 4, 10.0, 0.5) is a and study(6, 4, 10.0, 0.7000000001) is a  # exponent slider: cached
-    assert {r["exponent"] for r in a["exponent"]} >= set(figures.EXPONENT_GRID)
-    off = study(6, 4, 10.0, 0.33)  # off the slider's grid: computed once more, with it
-    assert off is not a and any(abs(r["exponent"] - 0.33) < 1e-12 for r in off["exponent"])
-    assert study(6, 5, 10.0, 0.25) is not a
-    assert study.cache_info().misses == 3 and study.cache_info().hits == 2

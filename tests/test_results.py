@@ -1,41 +1,29 @@
-"""soap_lab.results: run ids, atomic records, load/curves, grids, shards, resumable sweeps."""
+"""soap_lab.results: run ids, atomic records, load/curves."""
 import json
 import os
 
 import pytest
-import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from soap_lab import results
-from soap_lab.train import TrainConfig
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-def cfg(tmp_path, **kw):
-    base = dict(preset="tiny", steps=3, batch_size=4, seq_len=32, eval_every=0, eval_batches=1,
-                progress=False, out_dir=str(tmp_path), experiment="sweep")
-    base.update(kw)
-    return TrainConfig(**base)
+from soap_lab.train_config import TrainConfig
 
 
 # ------------------------------------------------------------------------------------------- ids
 
 
-def test_run_id_is_readable_and_deterministic(tmp_path):
-    c = cfg(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01, seed=0)
+def test_run_id_is_readable_and_deterministic(tmp_path, run_config):
+    c = run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01, seed=0)
     rid = results.run_id(c)
     assert rid.startswith("soap_f10_lr0.01_s0_b1.0_") and len(rid.rsplit("_", 1)[1]) == 8
-    assert results.run_id(cfg(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01)) == rid
-    assert results.run_id(cfg(tmp_path, lr=3e-3, budget_fraction=0.625)).startswith("adamw_lr0.003_s0_b0.625_")
+    assert results.run_id(run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01)) == rid
+    assert results.run_id(run_config(tmp_path, lr=3e-3, budget_fraction=0.625)).startswith("adamw_lr0.003_s0_b0.625_")
     # where and how a record is written does not change the id; anything that changes the run does
-    assert results.run_id(cfg(tmp_path / "x", optimizer="soap", precondition_frequency=10, lr=0.01,
-                              progress=True, experiment="other")) == rid
-    assert results.run_id(cfg(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01, batch_size=8)) != rid
-    assert results.run_id(cfg(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01,
-                              hparams={"refresh": "eigh"})) != rid
+    assert results.run_id(run_config(tmp_path / "x", optimizer="soap", precondition_frequency=10, lr=0.01,
+                                     progress=True, experiment="other")) == rid
+    assert results.run_id(run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01,
+                                     batch_size=8)) != rid
+    assert results.run_id(run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01,
+                                     hparams={"refresh": "eigh"})) != rid
     assert results.record_path(c) == tmp_path / "sweep" / f"{rid}.json"
     assert results.record_path(c, root=tmp_path / "r") == tmp_path / "r" / "sweep" / f"{rid}.json"
 
@@ -86,8 +74,9 @@ def _fake_record(config, n_steps, val):
     }
 
 
-def test_load_and_curves(tmp_path):
-    configs = [cfg(tmp_path, optimizer="soap", precondition_frequency=f, lr=lr) for f in (1, 10) for lr in (1e-3, 3e-3)]
+def test_load_and_curves(tmp_path, run_config):
+    configs = [run_config(tmp_path, optimizer="soap", precondition_frequency=f, lr=lr)
+               for f in (1, 10) for lr in (1e-3, 3e-3)]
     for i, c in enumerate(configs):
         results.write_json_atomic(_fake_record(c, 4 + i, 3.0 + i), results.record_path(c))
     (tmp_path / "sweep" / ".half.json.tmp").write_text("{")  # stray temp files are ignored
@@ -106,87 +95,3 @@ def test_load_and_curves(tmp_path):
     val = results.curves("sweep", root=tmp_path, which="val", with_config=False)
     assert list(val.columns) == ["run_id", "step", "val_loss", "time"] and len(val) == 4
     assert results.load("nothing", root=tmp_path).empty
-
-
-# ----------------------------------------------------------------------------------------- grids
-
-
-def test_grid_crosses_the_axes(tmp_path):
-    g = results.grid(cfg(tmp_path), optimizers=["adamw", "soap"], frequencies=[1, 10], lrs=[1e-3, 3e-3],
-                     seeds=[0, 1], budget_fractions=[0.5, 1.0], batch_size=8)
-    # frequencies only multiply optimizers that take one
-    assert len(g) == 2 * 2 * 2 + 2 * 2 * 2 * 2
-    assert len({results.run_id(c) for c in g}) == len(g)
-    assert all(c.batch_size == 8 for c in g)
-    assert {c.precondition_frequency for c in g if c.optimizer == "adamw"} == {None}
-    assert [results.run_id(c) for c in g] == [results.run_id(c) for c in results.grid(
-        cfg(tmp_path), optimizers=["adamw", "soap"], frequencies=[1, 10], lrs=[1e-3, 3e-3],
-        seeds=[0, 1], budget_fractions=[0.5, 1.0], batch_size=8)]
-
-
-@settings(max_examples=50, deadline=None)
-@given(n_items=st.integers(0, 40), count=st.integers(1, 9))
-def test_shards_partition_the_grid(n_items, count):
-    items = list(range(n_items))
-    shards = [results.shard(items, i, count) for i in range(count)]
-    assert sorted(x for s in shards for x in s) == items
-    assert max(map(len, shards)) - min(map(len, shards)) <= 1
-
-
-@pytest.mark.parametrize("spec", ["2/2", "-1/2", "a/2", "1", "1/0", "0/2/3"])
-def test_bad_shard_specs(spec):
-    with pytest.raises(ValueError, match="expected i/N"):
-        results.parse_shard(spec)
-
-
-def test_parse_shard():
-    assert results.parse_shard("0/1") == (0, 1) and results.parse_shard("3/4") == (3, 4)
-
-
-# ----------------------------------------------------------------------------------------- sweeps
-
-
-class Stop(Exception):
-    pass
-
-
-def test_sweep_resumes_after_an_interruption(tmp_path):
-    pytest.importorskip("soap_lab.models")
-    from soap_lab.train import train
-
-    configs = results.grid(cfg(tmp_path), lrs=[1e-3, 3e-3], seeds=[0, 1])
-    assert len(configs) == 4
-    trained = []
-
-    def counting_train(c):
-        trained.append(results.run_id(c))
-        return train(c)
-
-    def die_after_two(c, r):
-        if len(trained) == 2:
-            raise Stop  # the process "dies" right after the second record is written
-
-    with pytest.raises(Stop):
-        results.run_sweep(configs, train_fn=counting_train, after_run=die_after_two, log=None)
-    done = sorted((tmp_path / "sweep").glob("*.json"))
-    assert [p.stem for p in done] == sorted(trained) and len(done) == 2
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done}
-
-    trained.clear()
-    lines = []
-    status = results.run_sweep(configs, train_fn=counting_train, log=lines.append)
-    runs = [line for line in lines if "] run " in line]
-    assert "(0 of 2 to train done, ETA after the first run)" in runs[0]
-    assert "(1 of 2 to train done, ETA " in runs[1] and runs[1].rstrip(")").split("ETA ")[1][0].isdigit()
-    assert [s["status"] for s in status].count("skipped") == 2
-    assert sorted(trained) == sorted(results.run_id(c) for c in configs if results.run_id(c) not in
-                                     {p.stem for p in done})
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == before  # finished runs untouched
-    assert len(list((tmp_path / "sweep").glob("*.json"))) == 4
-    assert all(results.has_record(c) for c in configs)
-
-    df = results.load("sweep", root=tmp_path)
-    assert df.shape[0] == 4 and set(df["run_id"]) == {results.run_id(c) for c in configs}
-    assert {"lr", "seed", "final_val_loss", "tokens_per_s", "optimizer_state_bytes", "git_commit"} <= set(df.columns)
-    assert df["final_val_loss"].notna().all() and (df["steps_done"] == 3).all()
-    assert len(results.curves("sweep", root=tmp_path)) == 4 * 3

@@ -5,23 +5,19 @@ import pytest
 
 from soap_lab import results, show
 from soap_lab.__main__ import main
-from soap_lab.train import TrainConfig, train
+from soap_lab.train import train
+from soap_lab.train_config import TrainConfig
 
 pytest.importorskip("soap_lab.models")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    import torch
-
+def runs(tmp_path_factory, one_thread_module):
     root = tmp_path_factory.mktemp("runs")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     base = dict(preset="tiny", steps=4, batch_size=4, seq_len=32, eval_every=2, eval_batches=1, progress=False,
                 out_dir=str(root), experiment="s")
     out = [train(TrainConfig(optimizer="adamw", lr=1e-2, **base)),
            train(TrainConfig(optimizer="soap", lr=1e-2, precondition_frequency=2, **base))]
-    torch.set_num_threads(n)
     return root, out
 
 

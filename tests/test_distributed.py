@@ -1,5 +1,6 @@
-"""The same `train` under torchrun (2 CPU processes, gloo) gives the losses of one process at the same
-global batch: the optimizers see the all-reduced gradient, so only reduction round-off differs."""
+"""soap_lab.distributed: the one-process identities outside torchrun, and the same `train` under torchrun (2 CPU
+processes, gloo) gives the losses of one process at the same global batch: the optimizers see the all-reduced
+gradient, so only reduction round-off differs."""
 import os
 import subprocess
 import sys
@@ -8,14 +9,28 @@ import textwrap
 import pytest
 import torch
 
-from soap_lab import results
-from soap_lab.train import TrainConfig
+from soap_lab import distributed, results, sweep
+from soap_lab.train_config import TrainConfig
 
 pytest.importorskip("soap_lab.models")
 pytest.importorskip("soap_lab.data")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+def test_outside_torchrun_every_collective_is_the_identity(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_distributed("cpu") == (0, 1, 0)
+    assert distributed.init_distributed_for(None) == (0, 1, 0)
+    assert distributed.broadcast_from_rank0({"skip": True}) == {"skip": True}
+    assert distributed.any_rank(True, torch.device("cpu"), 1) is True
+    assert distributed.any_rank(False, torch.device("cpu"), 1) is False
+    assert distributed.resolve_device("cpu", 0) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert distributed.resolve_device("auto", 0) == torch.device("cpu")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            distributed.resolve_device("cuda", 0)
 
 COMMON = dict(preset="tiny", steps=6, batch_size=8, grad_accum=2, eval_every=3, eval_batches=2, lr=0.01,
               progress=False)
@@ -42,23 +57,22 @@ def configs(root, experiment):
 SCRIPT = """
 import sys
 sys.path.insert(0, {repo!r})
-from test_ddp import configs
-from soap_lab import results
-results.run_sweep(configs({root!r}, "ddp"), log=None)
-results.run_sweep(configs({root!r}, "ddp"), log=None)  # rerun: rank 0 finds the records, all ranks skip
+from test_distributed import configs
+from soap_lab import sweep
+sweep.run_sweep(configs({root!r}, "ddp"), log=None)
+sweep.run_sweep(configs({root!r}, "ddp"), log=None)  # rerun: rank 0 finds the records, all ranks skip
 """
 
 
-def test_ddp_matches_single_process(tmp_path):
+def test_ddp_matches_single_process(tmp_path, one_thread_env):
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(SCRIPT.format(repo=os.path.dirname(__file__), root=str(tmp_path))))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=results.REPO_ROOT, env=env, timeout=300)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=results.REPO_ROOT, env=one_thread_env, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
     single = configs(tmp_path, "single")
-    results.run_sweep(single, log=None)
+    sweep.run_sweep(single, log=None)
 
     ddp = {p.stem: results.read_record(p) for p in (tmp_path / "ddp").glob("*.json")}
     one = {p.stem: results.read_record(p) for p in (tmp_path / "single").glob("*.json")}

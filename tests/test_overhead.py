@@ -1,0 +1,18 @@
+"""soap_lab.overhead: the timing study's fit and a run on tiny shapes."""
+import pytest
+
+from soap_lab import notebook, overhead
+
+
+def test_overhead_fit_recovers_floor():
+    fit = overhead.fit_floor([1, 3, 10, 30, 100], [5 + 50 / f for f in (1, 3, 10, 30, 100)])
+    assert fit["floor_pct"] == pytest.approx(5) and fit["per_refresh_pct"] == pytest.approx(50)
+
+
+def test_timing_study_runs_on_tiny_shapes(one_thread):
+    d = overhead.timing_study(notebook.notebook_scale("cpu", overrides={"preset": "tiny", "batch_size": 2}),
+                              frequencies=[1, 3], repeats=1, window=3, fb_reps=1, log=None)
+    assert [r["f"] for r in d["summary"]] == [1, 3] and len(d["soap_times"]["3"]) == 1
+    assert d["params"]["n_matrices"] > 0 and d["adamw_step_s"] > 0 and d["forward_backward_s"] > 0
+    with pytest.raises(ValueError, match="frequencies is empty"):
+        overhead.timing_study("cpu", frequencies=[])
