@@ -224,7 +224,8 @@ class EigenbasisOptimizer(LabOptimizer):
                 self._refresh(s, states, cfg, rule, t, b1, b2)
 
         Q = s.Q or ()
-        g_rot = kron.project(G, Q, batched=True, out=b1, tmp=b2)
+        rotate_g = rule.reads_rotated_gradient or cfg.momentum_space == "eigenbasis"
+        g_rot = kron.project(G, Q, batched=True, out=b1, tmp=b2) if rotate_g else None
         if cfg.momentum_space == "eigenbasis":
             m_rot = s.M.lerp_(g_rot, 1 - cfg.betas[0])
         else:

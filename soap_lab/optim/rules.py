@@ -44,6 +44,7 @@ class Rule:
     """Interface: state names, initial state, the direction inside the basis, and how state follows a refresh."""
 
     follows_basis = True  # per-coordinate state is permuted with the basis slots at a refresh
+    reads_rotated_gradient = True  # direction() reads G' (else the engine does not compute it: G' is None)
 
     def init(self, layout: kron.KronLayout, *, dtype: torch.dtype, device: torch.device) -> Dict[str, object]:
         raise NotImplementedError  # pragma: no cover
@@ -152,6 +153,7 @@ class ShampooRoots(Rule):
     original space, ``exp_avg_sq``; the eigenvalues of the bias-corrected factors, ``D``)."""
 
     follows_basis = False  # D is recomputed at every refresh; M and V live in the original space
+    reads_rotated_gradient = False  # only the momentum is rotated
 
     def __init__(self, exponent: float, trace_scaling: bool, grafting: Optional[str], grafting_eps: float):
         self.exponent, self.trace_scaling = exponent, trace_scaling
