@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from soap_lab.optim import OPTIMIZERS, build_optimizer  # noqa: E402
-from soap_lab.train import TAKES_FREQUENCY, TrainConfig, train  # noqa: E402
+from soap_lab.optim import OPTIMIZERS, build_optimizer, takes_frequency  # noqa: E402
+from soap_lab.train import train  # noqa: E402
+from soap_lab.train_config import TrainConfig  # noqa: E402
 
 
 def importable(name: str) -> bool:
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         config = TrainConfig(
             experiment="bench", optimizer=name, preset=args.preset, batch_size=args.batch_size,
             seq_len=args.seq_len, steps=args.steps, warmup_fraction=0.0, eval_every=0, eval_batches=1,
-            precondition_frequency=args.frequency if name in TAKES_FREQUENCY else None,
+            precondition_frequency=args.frequency if takes_frequency(name) else None,
             device=args.device, progress=False, save=False,
         )
         best = min((measure(config, args.skip) for _ in range(args.repeats)), key=lambda r: r["ms_per_step"])

@@ -37,10 +37,10 @@ from .distributed import any_rank, init_distributed_for, resolve_device
 from .optim import build_optimizer
 from .provenance import environment_info, git_info, now_iso
 from .schedule import lr_at
-# The config is part of this module's API (``train(TrainConfig)``); TAKES_FREQUENCY is kept importable from here.
-from .train_config import TAKES_FREQUENCY, TrainConfig, effective_steps, effective_warmup, optimizer_kwargs
+# The config is part of this module's API (``train(TrainConfig)``).
+from .train_config import TrainConfig, effective_steps, effective_warmup, optimizer_kwargs
 
-__all__ = ["TrainConfig", "TAKES_FREQUENCY", "RunResult", "train", "evaluate", "optimizer_state_bytes"]
+__all__ = ["TrainConfig", "RunResult", "train", "evaluate", "optimizer_state_bytes"]
 
 
 @dataclass

@@ -42,7 +42,7 @@ def test_pip_install_needs_torch_and_numpy_only():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert sorted(_name(r) for r in project["dependencies"]) == ["numpy", "torch"]
     lab = {_name(r) for r in project["optional-dependencies"]["lab"]}
-    assert set(LAB_PACKAGES) | {"ipykernel", "nbformat"} == lab
+    assert set(LAB_PACKAGES) | {"ipykernel", "nbformat", "pyyaml"} == lab  # pyyaml: soap_lab.params reads YAML
     assert "-e '.[lab,dev,bench]'" in (ROOT / "Makefile").read_text()  # make setup installs the lab
 
 

@@ -176,10 +176,8 @@ def _nonfinite(rank: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, one_thread_module):
     root = tmp_path_factory.mktemp("zero")
-    threads = torch.get_num_threads()  # module fixtures run before the autouse one_thread
-    torch.set_num_threads(1)
     ref, moved = {}, {}
     for name in OPTIMIZERS:
         at_ckpt, opt = single(name, stop=CKPT)
@@ -190,7 +188,6 @@ def runs(tmp_path_factory):
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     mp.start_processes(_worker, args=(str(root),), nprocs=2, join=True, start_method=method)
     ranks = [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    torch.set_num_threads(threads)
     return ref, moved, ranks, root
 
 
