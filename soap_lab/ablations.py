@@ -30,6 +30,8 @@ from .train_config import TrainConfig
 STUDIES = ("lr_sweep", "frequency", "comparison", "batch_size", "variants")
 #: The seeded frequency study's arms (trained by ``soap_lab.freq_study``), at scale ``cpu_freq``.
 SEEDED_STUDIES = ("frequency_seeded", "frequency_batch", "frequency_long")
+#: The paper's other claims with seeds at the same scale (:func:`seeded_others`, ``soap_lab.seeded_claims``).
+OTHER_SEEDED_STUDIES = ("seeded_others",)
 #: Scales the paper-figure studies are drawn for (``make figures``); ``cpu_freq`` has its own figure.
 PAPER_SCALES = ("cpu", "gpu")
 
@@ -284,10 +286,25 @@ def frequency_long(scale: Scale, root: Optional[str] = None) -> List[Any]:
     return _freq_grid(scale, root, scale.long_frequencies, scale.long_seeds, adamw=True, steps=int(scale.long_steps))
 
 
+def seeded_others(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """The paper's other claims with the scale's seeds (issue 11): the variants, SOAP with eigh refreshes at every
+    f (QR vs eigh), the efficiency protocol's budget fractions, and the lr sweep at every seed — a check of the
+    tuning, which stays on ``scale.lr_seeds`` (:func:`tuned_lr`). Runs shared with other studies appear once."""
+    lr_check = lr_sweep(dataclasses.replace(scale, tune_seeds=tuple(scale.seeds)), root)
+    out, seen = [], set()
+    for c in variants(scale, root) + frequency(scale, root) + comparison(scale, root) + lr_check:
+        rid = results.run_id(c)
+        if rid not in seen:
+            seen.add(rid)
+            out.append(c)
+    return out
+
+
 def configs(study: str, scale: Scale, root: Optional[str] = None) -> List[Any]:
-    """The configs of ``study`` (one of :data:`STUDIES` or :data:`SEEDED_STUDIES`) at ``scale``."""
-    if study not in STUDIES + SEEDED_STUDIES:
-        raise ValueError(f"unknown study {study!r}; allowed: {', '.join(STUDIES + SEEDED_STUDIES)}")
+    """The configs of ``study`` (one of :data:`STUDIES`, :data:`SEEDED_STUDIES`, :data:`OTHER_SEEDED_STUDIES`)."""
+    known = STUDIES + SEEDED_STUDIES + OTHER_SEEDED_STUDIES
+    if study not in known:
+        raise ValueError(f"unknown study {study!r}; allowed: {', '.join(known)}")
     return globals()[study](scale, root)
 
 

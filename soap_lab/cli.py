@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import ablations, figures, freq_analysis, freq_study, plot_seeds, rerun, show, sweep
+from . import ablations, figures, freq_analysis, freq_study, plot_seeds, rerun, seeded_claims, show, sweep
 from .notebook import notebook_scale
 from .params import ParameterError
 
@@ -122,6 +122,7 @@ def freq_study_main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{p.prog}: error: no stored runs of the seeded study at scale {args.scale}", file=sys.stderr)
             return 1
         print(freq_analysis.markdown(freq_analysis.final_losses(datas)))
+        print("\n" + seeded_claims.report(ablations.get_scale(args.scale), args.runs_root))
         return 0
     torch.set_num_threads(args.threads)
     try:

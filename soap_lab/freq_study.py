@@ -13,7 +13,9 @@ defined as grids in :mod:`soap_lab.ablations`:
 - ``batch`` (``ablations.frequency_batch``): SOAP and Shampoo at ``scale.arm_frequencies`` with batch_size ×
   ``scale.batch_multipliers`` (more tokens per step, same steps, the reference batch's tuned lrs), every seed;
 - ``long`` (``ablations.frequency_long``): SOAP, Shampoo at ``scale.long_frequencies`` and AdamW with
-  ``scale.long_steps`` steps, for ``scale.long_seeds``.
+  ``scale.long_steps`` steps, for ``scale.long_seeds``;
+- ``others`` (``ablations.seeded_others``): the paper's other claims at the same scale and seeds — the variants,
+  QR vs eigh, the efficiency protocol — and the lr sweep at every seed (:mod:`soap_lab.seeded_claims`).
 
 :func:`order_for_training` sorts a study's runs into the order the issue asks them to be trained in; :func:`run`
 trains the missing ones. Command line: ``python -m soap_lab.freq_study`` (``soap_lab.cli``).
@@ -27,8 +29,10 @@ from . import ablations, sweep
 
 __all__ = ["ARMS", "order_for_training", "run"]
 
-#: The arms, in the order :func:`run` trains them (study ``frequency_<arm>`` of ``soap_lab.ablations``).
-ARMS = ("seeded", "batch", "long")
+#: The arms, in the order :func:`run` trains them, and their studies in ``soap_lab.ablations``.
+ARM_STUDIES = {"seeded": "frequency_seeded", "batch": "frequency_batch", "long": "frequency_long",
+               "others": "seeded_others"}
+ARMS = tuple(ARM_STUDIES)
 
 
 def order_for_training(cfgs: Sequence[Any], first_frequencies: Sequence[int] = (1, 10, 30)) -> List[Any]:
@@ -56,7 +60,7 @@ def run(scale, arms: Sequence[str] = ARMS, root: Optional[str] = None, log=print
         raise ValueError(f"unknown arm {bad[0]!r}; allowed: {', '.join(ARMS)}")
     sweep.run_sweep(ablations.lr_sweep(scale, root), log=log)
     for arm in arms:
-        sweep.run_sweep(order_for_training(ablations.configs(f"frequency_{arm}", scale, root)), log=log)
+        sweep.run_sweep(order_for_training(ablations.configs(ARM_STUDIES[arm], scale, root)), log=log)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ def fixed_lrs(monkeypatch):
     monkeypatch.setattr(ablations, "tuned_lr", lambda opt, scale, root=None: 1e-2)
 
 
-@pytest.mark.parametrize("study", ablations.STUDIES + ablations.SEEDED_STUDIES)
+@pytest.mark.parametrize("study", ablations.STUDIES + ablations.SEEDED_STUDIES + ablations.OTHER_SEEDED_STUDIES)
 def test_seeds_reach_every_study(study, fixed_lrs):
     sc = ablations.get_scale("cpu", seeds=(1, 2), long_steps=50)
     cfgs = ablations.configs(study, sc)
