@@ -31,16 +31,23 @@ class Workspace:
 
     def __init__(self):
         self._flat = {}
+        self._views = {}  # (dtype, device, shape, count) -> views of the current flat tensor
 
     def buffers(self, like: Tensor, count: int = 3) -> List[Tensor]:
         """``count`` disjoint tensors shaped like ``like`` (contents undefined)."""
         key = (like.dtype, like.device)
+        views = self._views.get((*key, like.shape, count))
+        if views is not None:
+            return views
         n = like.numel()
         flat = self._flat.get(key)
         if flat is None or flat.numel() < count * n:
             flat = torch.empty(count * n, dtype=like.dtype, device=like.device)
             self._flat[key] = flat
-        return [flat[i * n:(i + 1) * n].view(like.shape) for i in range(count)]
+            self._views = {k: v for k, v in self._views.items() if k[:2] != key}  # views of the old tensor
+        views = [flat[i * n:(i + 1) * n].view(like.shape) for i in range(count)]
+        self._views[(*key, like.shape, count)] = views
+        return views
 
 
 class Stack:
