@@ -54,6 +54,7 @@ def _interrupt_at(monkeypatch, at_step):
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_record(tmp_path, monkeypatch):
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     full = train(cfg(tmp_path / "full"))
     config = cfg(tmp_path / "cut")
     ckpt = checkpoint.checkpoint_path(results.record_path(config))
@@ -63,7 +64,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_record(tmp_path, monkeypat
             train(config)
     assert ckpt.is_file() and not results.record_path(config).exists()
     assert torch.load(ckpt, weights_only=False)["step"] == 8
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     resumed = train(config)
     assert not ckpt.exists()  # the record supersedes it
     a, b = results.read_record(full.record_path), results.read_record(resumed.record_path)
