@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .optim import OPTIMIZERS, takes_frequency
+from .optim import OPTIMIZERS, default_frequency, takes_frequency
 from .optim import keywords as optimizer_keywords
 from .schedule import warmup_steps_for
 
@@ -58,7 +58,8 @@ class TrainConfig:
     weight_decay: Optional[float] = None
     """Decoupled weight decay; ``None``: the optimizer's own default."""
     precondition_frequency: Optional[int] = None
-    """f, for optimizers in ``TAKES_FREQUENCY`` only; ``None``: the optimizer's default."""
+    """f, for optimizers in ``TAKES_FREQUENCY`` only; ``None`` becomes the optimizer's default on construction,
+    so ``train`` without ``-f`` and a sweep at that f are the same run (same record)."""
     hparams: Dict[str, Any] = field(default_factory=dict)
     """Other optimizer keywords, passed as is (``refresh``, ``max_precond_dim``, ``shampoo_beta``, ...)."""
     preset: str = "tiny"
@@ -120,6 +121,10 @@ class TrainConfig:
     """Write the run record."""
     out_dir: Optional[str] = None
     """Root of the run records; ``None``: ``<repo>/data/runs``."""
+
+    def __post_init__(self):
+        if self.precondition_frequency is None and self.optimizer in OPTIMIZERS and takes_frequency(self.optimizer):
+            self.precondition_frequency = default_frequency(self.optimizer)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":

@@ -60,3 +60,13 @@ def test_preset_names_are_the_models_presets():
     from soap_lab.models import PRESETS
 
     assert preset_names() == tuple(PRESETS)
+
+
+def test_train_without_f_is_the_same_run_as_a_sweep_at_the_default_f():
+    """`train --optimizer soap` (no -f) and a sweep at f = 10 used to be two records (soap_lr… and soap_f10_…)."""
+    from soap_lab import results
+
+    plain, swept = TrainConfig(optimizer="soap"), TrainConfig(optimizer="soap", precondition_frequency=10)
+    assert plain.precondition_frequency == 10
+    assert results.run_id(plain) == results.run_id(swept) and results.run_id(plain).startswith("soap_f10_")
+    assert TrainConfig(optimizer="adamw").precondition_frequency is None

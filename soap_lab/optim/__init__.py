@@ -53,6 +53,14 @@ def takes_frequency(name: str) -> bool:
     return "precondition_frequency" in inspect.signature(cls.__init__).parameters
 
 
+def default_frequency(name: str) -> int:
+    """The preconditioning frequency f optimizer ``name`` uses when none is given (its constructor's default)."""
+    if not takes_frequency(name):
+        raise ValueError(f"optimizer {name!r} takes no precondition_frequency")
+    cls, _ = _registry()[name]
+    return int(inspect.signature(cls.__init__).parameters["precondition_frequency"].default)
+
+
 def keywords(name: str) -> Tuple[str, ...]:
     """The keyword hyperparameters optimizer ``name`` accepts (besides ``params`` and its variant's own)."""
     if name not in OPTIMIZERS:
