@@ -288,11 +288,13 @@ def frequency_long(scale: Scale, root: Optional[str] = None) -> List[Any]:
 
 def seeded_others(scale: Scale, root: Optional[str] = None) -> List[Any]:
     """The paper's other claims with the scale's seeds (issue 11): the variants, SOAP with eigh refreshes at every
-    f (QR vs eigh), the efficiency protocol's budget fractions, and the lr sweep at every seed — a check of the
-    tuning, which stays on ``scale.lr_seeds`` (:func:`tuned_lr`). Runs shared with other studies appear once."""
+    f (QR vs eigh), the efficiency protocol's budget fractions, the lr sweep at every seed — a check of the
+    tuning, which stays on ``scale.lr_seeds`` (:func:`tuned_lr`) — and the batch sizes. Runs shared with other
+    studies appear once."""
     lr_check = lr_sweep(dataclasses.replace(scale, tune_seeds=tuple(scale.seeds)), root)
     out, seen = [], set()
-    for c in variants(scale, root) + frequency(scale, root) + comparison(scale, root) + lr_check:
+    for c in (variants(scale, root) + frequency(scale, root) + comparison(scale, root) + lr_check
+              + batch_size(scale, root)):
         rid = results.run_id(c)
         if rid not in seen:
             seen.add(rid)

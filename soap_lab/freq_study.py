@@ -15,7 +15,8 @@ defined as grids in :mod:`soap_lab.ablations`:
 - ``long`` (``ablations.frequency_long``): SOAP, Shampoo at ``scale.long_frequencies`` and AdamW with
   ``scale.long_steps`` steps, for ``scale.long_seeds``;
 - ``others`` (``ablations.seeded_others``): the paper's other claims at the same scale and seeds — the variants,
-  QR vs eigh, the efficiency protocol — and the lr sweep at every seed (:mod:`soap_lab.seeded_claims`).
+  QR vs eigh, the efficiency protocol, the batch sizes — and the lr sweep at every seed
+  (:mod:`soap_lab.seeded_claims`).
 
 :func:`order_for_training` sorts a study's runs into the order the issue asks them to be trained in; :func:`run`
 trains the missing ones. Command line: ``python -m soap_lab.freq_study`` (``soap_lab.cli``).

@@ -6,6 +6,8 @@ Each claim is a difference computed seed by seed between two arms that share the
 - Fig. 7 right, "QR refreshes are as good as eigh": SOAP (QR) − SOAP (eigh) at each f, |d| < 0.02;
 - Fig. 6, "factorized SOAP costs almost nothing": SOAP factorized − SOAP, |d| < 0.02; "one-sided SOAP ≈ Shampoo":
   SOAP one-sided − Shampoo, |d| < 0.02; "factorized + one-sided beats AdamW": that − AdamW < 0;
+- Fig. 4, "SOAP's advantage grows with batch size": d(b) = SOAP − AdamW at each batch b of ``scale.batch_sizes``
+  (SOAP's f scaled with 1/b as in the paper), d(b) < 0 at each, and d(largest) − d(smallest) < 0;
 - Figs. 1-3, the efficiency protocol per seed: SOAP's final losses at the budget fractions fitted with
   a + b·N^-β (:mod:`soap_lab.efficiency`) and solved for the same seed's AdamW (Shampoo) final loss; steps saved
   1 − N*/N. "≥ 40% fewer steps than AdamW": saved > 0.40; "fewer steps than Shampoo (≈ 20%)": saved > 0. A seed
@@ -22,8 +24,8 @@ from typing import Any, Dict, List, Optional
 
 from . import ablations, analysis, efficiency, stats
 
-__all__ = ["CLOSE_MARGIN", "frame", "qr_vs_eigh", "variants", "efficiency_claims", "claims", "lr_check",
-           "markdown", "report"]
+__all__ = ["CLOSE_MARGIN", "frame", "qr_vs_eigh", "variants", "efficiency_claims", "batch_claims", "claims",
+           "lr_check", "markdown", "report"]
 
 #: "As good as" / "costs almost nothing": |difference of final losses| below this (nats), as in freq_analysis.
 CLOSE_MARGIN = 0.02
@@ -32,13 +34,13 @@ ADAMW_SAVING = 0.40
 
 
 def frame(scale, root=None):
-    """One row per stored run of the frequency, variants and comparison studies at ``scale`` (their tuned lrs):
-    label, f, seed, budget_fraction, steps, final loss."""
+    """One row per stored run of the frequency, variants, comparison and batch-size studies at ``scale`` (their
+    tuned lrs): label, f, seed, batch size, budget_fraction, steps, final loss."""
     import pandas as pd
 
-    frames = [sd.runs for sd in (analysis.study_data(st, scale, root) for st in ("frequency", "variants", "comparison"))
-              if len(sd.runs)]
-    cols = ["run_id", "label", "f", "seed", "budget_fraction", "steps_total", "final_val_loss"]
+    studies = ("frequency", "variants", "comparison", "batch_size")
+    frames = [sd.runs for sd in (analysis.study_data(st, scale, root) for st in studies) if len(sd.runs)]
+    cols = ["run_id", "label", "f", "seed", "batch_size", "budget_fraction", "steps_total", "final_val_loss"]
     if not frames:
         return pd.DataFrame(columns=cols)
     return pd.concat(frames, ignore_index=True).drop_duplicates("run_id")[cols].reset_index(drop=True)
@@ -141,10 +143,35 @@ def efficiency_claims(df, f: int) -> List[Dict[str, Any]]:
     return rows
 
 
+def batch_claims(df, scale) -> List[Dict[str, Any]]:
+    """SOAP − AdamW per seed at each batch size (SOAP at f = base_frequency·batch_size/b), and the difference
+    between the largest and the smallest batch's."""
+    def at(b):
+        g = df[df["batch_size"] == b]
+        f = max(1, round(scale.base_frequency * scale.batch_size / b))
+        return stats.paired_differences(_by_seed(g, "SOAP", f), _by_seed(g, "AdamW"))
+
+    rows, per_batch = [], {}
+    for b in scale.batch_sizes:
+        d = at(b)
+        if d:
+            per_batch[b] = d
+            rows.append(_row(f"SOAP beats AdamW at batch {b} (SOAP − AdamW < 0)", d, "less", baseline=f"batch {b}"))
+    if len(per_batch) >= 2:
+        lo, hi = min(per_batch), max(per_batch)
+        d = stats.paired_differences(per_batch[hi], per_batch[lo])
+        if d:
+            rows.append(_row(f"SOAP's advantage grows with batch size (d({hi}) − d({lo}) < 0, d = SOAP − AdamW)", d,
+                             "less", baseline=f"batch {hi} vs {lo}"))
+    return rows
+
+
 def claims(df, scale) -> List[Dict[str, Any]]:
     """Every claim of this module on the frame of :func:`frame` (``scale.base_frequency``: the variants' and the
-    efficiency protocol's f)."""
-    return qr_vs_eigh(df) + variants(df, scale.base_frequency) + efficiency_claims(df, scale.base_frequency)
+    efficiency protocol's f; all but the batch claims at the reference batch ``scale.batch_size``)."""
+    ref = df[df["batch_size"] == scale.batch_size]
+    return (qr_vs_eigh(ref) + variants(ref, scale.base_frequency) + efficiency_claims(ref, scale.base_frequency)
+            + batch_claims(df, scale))
 
 
 def markdown(rows: List[Dict[str, Any]]) -> str:

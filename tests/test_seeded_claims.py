@@ -26,7 +26,7 @@ def _frame(eigh_shift=0.005, factorized_shift=0.001, one_sided_vs_shampoo=0.05, 
         rows.append(("SOAP factorized", F, s, 1.0, STEPS, soap + factorized_shift))
         rows.append(("SOAP one-sided", F, s, 1.0, STEPS, target + 0.001 * s + one_sided_vs_shampoo))
         rows.append(("SOAP factorized + one-sided", F, s, 1.0, STEPS, target - 0.1))
-    return pd.DataFrame([dict(run_id=f"r{i}", label=l, f=f, seed=s, budget_fraction=b, steps_total=n,
+    return pd.DataFrame([dict(run_id=f"r{i}", label=l, f=f, seed=s, batch_size=16, budget_fraction=b, steps_total=n,
                               final_val_loss=v) for i, (l, f, s, b, n, v) in enumerate(rows)])
 
 
@@ -60,6 +60,23 @@ def test_efficiency_recovers_the_known_saving_per_seed():
     slow = seeded_claims.efficiency_claims(_frame(n_star=800.0), F)
     assert _by_claim(slow, "AdamW")[0]["values"] == pytest.approx([0.2] * 3, abs=1e-3)
     assert _by_claim(slow, "AdamW")[0]["verdict"] == "contradicted"  # 20% saved, the claim says ≥ 40%
+
+
+def test_batch_claims_pair_soap_and_adamw_at_each_batch():
+    """SOAP's f scales with 1/batch (10·16/b); its lead over AdamW grows from 0.05 (batch 8) to 0.15 (batch 128)."""
+    sc = ablations.get_scale("cpu_freq")
+    rows = []
+    for b, lead in ((8, 0.05), (32, 0.1), (128, 0.15)):
+        f = max(1, round(10 * 16 / b))
+        for s in range(3):
+            rows.append(dict(run_id=f"a{b}{s}", label="AdamW", f=None, seed=s, batch_size=b, budget_fraction=1.0,
+                             steps_total=STEPS, final_val_loss=2.0 + 0.01 * s))
+            rows.append(dict(run_id=f"s{b}{s}", label="SOAP", f=f, seed=s, batch_size=b, budget_fraction=1.0,
+                             steps_total=STEPS, final_val_loss=2.0 + 0.01 * s - lead - 0.001 * s))
+    out = seeded_claims.batch_claims(pd.DataFrame(rows), sc)
+    assert [r["baseline"] for r in out] == ["batch 8", "batch 32", "batch 128", "batch 128 vs 8"]
+    assert all(r["verdict"] == "reproduced" for r in out)
+    assert out[-1]["values"] == pytest.approx([-0.1] * 3)
 
 
 def test_markdown_shows_every_seed():
