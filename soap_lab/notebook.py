@@ -197,6 +197,11 @@ def equivalence_params(m: int, n: int, condition: float, n_batches: int, exponen
             gap_problems, gap_steps, gpt_preset)
 
 
+def gap_shape(gap_m: Any, gap_n: Any) -> Tuple[int, int]:
+    """The equivalence notebook's ``gap_m``, ``gap_n`` (the gap study's teaching layer), checked and coerced."""
+    return P.integer("gap_m", gap_m, 2), P.integer("gap_n", gap_n, 2)
+
+
 #: The exponent slider's values: the widget's study computes all of them at once, so moving it only redraws.
 EXPONENT_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(19))
 

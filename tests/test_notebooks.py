@@ -73,12 +73,13 @@ def test_overhead_notebook_smoke(tmp_path, one_thread_kernels):
 def test_equivalence_notebook_smoke(tmp_path, one_thread_kernels):
     data = tmp_path / "equivalence"
     execute("equivalence", tmp_path, m=5, n=4, n_batches=8, staleness=2, max_staleness=3, gap_frequencies=[2, 3],
-            gap_refreshes=["qr"], gap_problems=["teaching", "gpt"], gap_steps=5, torch_threads=1,
-            data_dir=str(data), figures_dir=str(tmp_path / "fig"))
+            gap_refreshes=["qr"], gap_problems=["teaching", "gpt"], gap_steps=5, torch_threads=1, gap_m=6, gap_n=5,
+            condition=30.0, data_dir=str(data), figures_dir=str(tmp_path / "fig"))
     claim1 = json.loads((data / "claim1.json").read_text())
     assert claim1["exact_error"] < 1e-10 and claim1["no_trace_error"] > 1e-2 and "provenance" in claim1
     gap = json.loads((data / "gap_trajectory.json").read_text())
     assert set(gap["columns"]["problem"]) == {"teaching", "gpt"}
+    assert (gap["params"]["m"], gap["params"]["n"], gap["params"]["condition"]) == (6, 5, 30.0)  # section 3 takes them
     for fig in ("equivalence_claim1", "equivalence_gap"):
         assert (tmp_path / "fig" / f"{fig}.png").exists() and (tmp_path / "fig" / f"{fig}.pdf").exists()
 
@@ -94,6 +95,7 @@ def test_equivalence_notebook_smoke(tmp_path, one_thread_kernels):
     ("precondition_frequency", {"scale_overrides": {"frequencies": [0, 5]}},
      "scale_overrides['frequencies'][0] must be an integer >= 1, got 0"),
     ("equivalence", {"m": 16.7}, "m must be an integer >= 2, got 16.7"),
+    ("equivalence", {"gap_n": 1}, "gap_n must be an integer >= 2, got 1"),
 ])
 def test_bad_parameters_stop_with_one_line(name, parameters, message, tmp_path, one_thread_kernels):
     parameters = {"results_root": str(tmp_path / "empty"), "figures_dir": str(tmp_path / "fig"), **parameters}
