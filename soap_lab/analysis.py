@@ -55,9 +55,9 @@ class StudyData:
         """Per-step curves of the study's runs (``results.curves``), with ``label`` and ``f`` columns."""
         if which not in self._curves:
             df = results.curves(self.scale.experiment, self.root, which=which)
-            if len(df):
-                df = df[df["run_id"].isin(self.runs["run_id"])]
-                df = df.merge(self.runs[["run_id", "label", "f"]], on="run_id", how="left")
+            if len(df):  # matched on the config hash, then named by today's run ids (as ``runs`` is)
+                df = df[df["run_key"].isin(self.runs["run_key"])].drop(columns="run_id")
+                df = df.merge(self.runs[["run_key", "run_id", "label", "f"]], on="run_key", how="left")
             self._curves[which] = df
         return self._curves[which]
 
@@ -93,9 +93,11 @@ def study_data(study: str, scale, root: Optional[Path] = None, frame=None) -> St
     cfgs = ablations.configs(study, scale, root)
     ids = [results.run_id(c) for c in cfgs]
     labels = {results.run_id(c): ablations.label(c) for c in cfgs}
+    by_key = {results.run_key(rid): rid for rid in ids}
     df = frame if frame is not None else results.load(scale.experiment, root)
-    if len(df):
-        df = df[df["run_id"].isin(ids)].copy()
+    if len(df):  # matched on the config hash: records named under the older scheme count as the same runs
+        df = df[df["run_key"].isin(by_key)].copy()
+        df["run_id"] = df["run_key"].map(by_key)
     else:
         df = pd.DataFrame(columns=["run_id"])
     df["label"] = df["run_id"].map(labels)

@@ -2,8 +2,8 @@
 
 One training run = one JSON record at ``<root>/<experiment>/<run_id>.json`` (``root`` defaults to
 ``<repo>/data/runs``). The ``run_id`` is a readable, deterministic function of the run's config
-(``soap_f10_lr0.01_s0_b1.0_3f2a9c1e``: optimizer, preconditioning frequency, lr, seed, budget fraction,
-then a short hash of the whole config), so a sweep (:mod:`soap_lab.sweep`) can skip every run whose record
+(``soap_f10_lr0.01_bs16_s0_budget1.0_3f2a9c1e``: optimizer, preconditioning frequency, refresh where set, lr,
+batch size, seed, budget fraction, then a short hash of the whole config, which alone identifies the run), so a sweep (:mod:`soap_lab.sweep`) can skip every run whose record
 already exists: an interrupted sweep resumes where it stopped and nothing finished is recomputed. Records are
 written atomically (a temporary file in the same directory, then ``os.replace``), so a killed process never
 leaves a half-written record behind.
@@ -32,6 +32,7 @@ __all__ = [
     "config_dict",
     "config_hash",
     "run_id",
+    "run_key",
     "runs_root",
     "record_path",
     "json_ready",
@@ -89,16 +90,30 @@ def _num(x: Any) -> str:
 
 
 def run_id(config: Any) -> str:
-    """``<optimizer>[_f<freq>]_lr<lr>_s<seed>_b<budget_fraction>_<hash>``, e.g. ``soap_f10_lr0.01_s0_b1.0_1a2b3c4d``."""
+    """``<optimizer>[_f<freq>][_<refresh>]_lr<lr>_bs<batch>_s<seed>_budget<fraction>_<hash>``, e.g.
+    ``soap_f10_lr0.01_bs16_s0_budget1.0_1a2b3c4d``; the refresh appears when the config sets one (``eigh``).
+
+    Records written before 2026-11-30 are named ``<optimizer>[_f<freq>]_lr<lr>_s<seed>_b<fraction>_<hash>``; the
+    hash (:func:`run_key`) is what identifies a run, so :func:`record_path` and the analysis find them too.
+    """
     d = config_dict(config)
     parts = [str(d["optimizer"])]
     if d.get("precondition_frequency") is not None:
         parts.append(f"f{d['precondition_frequency']}")
+    refresh = (d.get("hparams") or {}).get("refresh")
+    if refresh:
+        parts.append(str(refresh))
     parts.append(f"lr{_num(float(d['lr']))}")
+    parts.append(f"bs{d['batch_size']}")
     parts.append(f"s{d['seed']}")
-    parts.append(f"b{_num(float(d.get('budget_fraction', 1.0)))}")
+    parts.append(f"budget{_num(float(d.get('budget_fraction', 1.0)))}")
     parts.append(config_hash(config))
     return "_".join(parts)
+
+
+def run_key(rid: str) -> str:
+    """The config hash that ends a run id: the same in today's names and in those of older records."""
+    return str(rid).rsplit("_", 1)[-1]
 
 
 def runs_root(root: Optional[os.PathLike] = None) -> Path:
@@ -107,13 +122,19 @@ def runs_root(root: Optional[os.PathLike] = None) -> Path:
 
 
 def record_path(config: Any, root: Optional[os.PathLike] = None) -> Path:
-    """Where the record of ``config`` lives: ``<root>/<experiment>/<run_id>.json``.
+    """Where the record of ``config`` lives: ``<root>/<experiment>/<run_id>.json`` (or the file of the same run
+    under the older naming, when that is the one stored).
 
     ``root`` defaults to the config's ``out_dir`` and then to ``<repo>/data/runs``.
     """
     d = config_dict(config)
-    base = runs_root(root if root is not None else d.get("out_dir"))
-    return base / str(d["experiment"]) / f"{run_id(config)}.json"
+    base = runs_root(root if root is not None else d.get("out_dir")) / str(d["experiment"])
+    path = base / f"{run_id(config)}.json"
+    if not path.exists() and base.is_dir():  # a record written under the older naming keeps its file name
+        legacy = sorted(base.glob(f"*_{config_hash(config)}.json"))
+        if legacy:
+            return legacy[0]
+    return path
 
 
 # ----------------------------------------------------------------------------------------- records
@@ -245,7 +266,8 @@ _PROVENANCE_COLUMNS = ("git_commit", "git_dirty", "start_time", "end_time", "wor
 
 
 def _row(path: Path, rec: Mapping[str, Any]) -> Dict[str, Any]:
-    row: Dict[str, Any] = {"run_id": rec.get("run_id", path.stem)}
+    rid = rec.get("run_id", path.stem)
+    row: Dict[str, Any] = {"run_id": rid, "run_key": run_key(rid)}
     row.update(_flatten(rec.get("config", {})))
     prov = rec.get("provenance", {})
     for key in _PROVENANCE_COLUMNS:
@@ -306,6 +328,7 @@ def curves(
         if which == "val":
             df = df.rename(columns={"val_step": "step", "val_time": "time"})
         rid = rec.get("run_id", path.stem)
+        df.insert(0, "run_key", run_key(rid))
         df.insert(0, "run_id", rid)
         frames.append(df)
         configs.append({"run_id": rid, **_flatten(rec.get("config", {}))})

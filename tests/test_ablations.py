@@ -20,9 +20,10 @@ def test_seeds_reach_every_study(study, fixed_lrs):
 def test_one_seed_keeps_the_committed_run_ids():
     # seeds=(0,) is TrainConfig's default seed: every study of the committed cpu scale still finds its records
     sc = ablations.get_scale("cpu")
-    stored = {p.stem for p in (results.DEFAULT_RUNS_ROOT / sc.experiment).glob("*.json")}
+    stored = {results.run_key(p.stem) for p in (results.DEFAULT_RUNS_ROOT / sc.experiment).glob("*.json")}
     for study in ("lr_sweep", "frequency", "comparison", "batch_size", "variants"):
-        assert {results.run_id(c) for c in ablations.configs(study, sc)} <= stored, study
+        assert {results.run_key(results.run_id(c)) for c in ablations.configs(study, sc)} <= stored, study
+        assert all(results.has_record(c) for c in ablations.configs(study, sc)), study  # found under the old names
 
 
 def test_overridden_scale_has_its_own_name_and_pool():

@@ -110,7 +110,7 @@ def test_train_command_writes_a_record(tmp_path, capsys):
     pytest.importorskip("soap_lab.models")
     assert main(["train", "--experiment", "cli", "--runs-root", str(tmp_path), "--lr", "0.01", *TINY]) == 0
     files = list((tmp_path / "cli").glob("*.json"))
-    assert len(files) == 1 and files[0].stem.startswith("adamw_lr0.01_s0_b1.0_")
+    assert len(files) == 1 and files[0].stem.startswith("adamw_lr0.01_bs")
     assert files[0].stem in capsys.readouterr().out
     rec = results.read_record(files[0])
     assert rec["config"]["steps"] == 3 and rec["summary"]["steps_done"] == 3

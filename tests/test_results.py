@@ -14,9 +14,12 @@ from soap_lab.train_config import TrainConfig
 def test_run_id_is_readable_and_deterministic(tmp_path, run_config):
     c = run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01, seed=0)
     rid = results.run_id(c)
-    assert rid.startswith("soap_f10_lr0.01_s0_b1.0_") and len(rid.rsplit("_", 1)[1]) == 8
+    assert rid.startswith("soap_f10_lr0.01_bs4_s0_budget1.0_") and len(rid.rsplit("_", 1)[1]) == 8
     assert results.run_id(run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01)) == rid
-    assert results.run_id(run_config(tmp_path, lr=3e-3, budget_fraction=0.625)).startswith("adamw_lr0.003_s0_b0.625_")
+    assert results.run_id(run_config(tmp_path, lr=3e-3, budget_fraction=0.625)).startswith("adamw_lr0.003_bs4_s0_budget0.625_")
+    eigh = results.run_id(run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01,
+                                     hparams={"refresh": "eigh"}))
+    assert eigh.startswith("soap_f10_eigh_lr0.01_bs4_s0_budget1.0_")  # what varies in a study is in the name
     # where and how a record is written does not change the id; anything that changes the run does
     assert results.run_id(run_config(tmp_path / "x", optimizer="soap", precondition_frequency=10, lr=0.01,
                                      progress=True, experiment="other")) == rid
@@ -93,5 +96,18 @@ def test_load_and_curves(tmp_path, run_config):
     tr = results.curves("sweep", root=tmp_path)
     assert len(tr) == 4 + 5 + 6 + 7 and {"run_id", "step", "loss", "lr", "time", "optimizer", "lr"} <= set(tr.columns)
     val = results.curves("sweep", root=tmp_path, which="val", with_config=False)
-    assert list(val.columns) == ["run_id", "step", "val_loss", "time"] and len(val) == 4
+    assert list(val.columns) == ["run_id", "run_key", "step", "val_loss", "time"] and len(val) == 4
     assert results.load("nothing", root=tmp_path).empty
+
+
+def test_a_record_under_the_older_name_is_the_same_run(tmp_path, run_config):
+    """Records written before the names gained batch size and refresh (``…_s0_b1.0_<hash>``) are found by their
+    hash: a sweep skips them and the analysis counts them."""
+    c = run_config(tmp_path, optimizer="soap", precondition_frequency=10, lr=0.01)
+    rid = results.run_id(c)
+    legacy = tmp_path / "sweep" / f"soap_f10_lr0.01_s0_b1.0_{results.run_key(rid)}.json"
+    assert results.record_path(c) == tmp_path / "sweep" / f"{rid}.json" and not results.has_record(c)
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text('{"run_id": "%s", "config": {}, "summary": {"final_val_loss": 1.0}, "metrics": {}}' % legacy.stem)
+    assert results.record_path(c) == legacy
+    assert results.run_key(legacy.stem) == results.run_key(rid)
