@@ -93,8 +93,8 @@ def run_id(config: Any) -> str:
     """``<optimizer>[_f<freq>][_<refresh>]_lr<lr>_bs<batch>_s<seed>_budget<fraction>_<hash>``, e.g.
     ``soap_f10_lr0.01_bs16_s0_budget1.0_1a2b3c4d``; the refresh appears when the config sets one (``eigh``).
 
-    Records written before commit 9e0877d are named ``<optimizer>[_f<freq>]_lr<lr>_s<seed>_b<fraction>_<hash>``; the
-    hash (:func:`run_key`) is what identifies a run, so :func:`record_path` and the analysis find them too.
+    Records written before commit 9e0877d are named ``<optimizer>[_f<freq>]_lr<lr>_s<seed>_b<fraction>_<hash>``;
+    the hash (:func:`run_key`) is what identifies a run, so :func:`record_path` and the analysis find them too.
     """
     d = config_dict(config)
     parts = [str(d["optimizer"])]
