@@ -30,8 +30,9 @@ from .train_config import TrainConfig
 STUDIES = ("lr_sweep", "frequency", "comparison", "batch_size", "variants")
 #: The seeded frequency study's arms (trained by ``soap_lab.freq_study``), at scale ``cpu_freq``.
 SEEDED_STUDIES = ("frequency_seeded", "frequency_batch", "frequency_long")
-#: The paper's other claims with seeds at the same scale (:func:`seeded_others`, ``soap_lab.seeded_claims``).
-OTHER_SEEDED_STUDIES = ("seeded_others",)
+#: The paper's other claims with seeds at the same scale (:func:`seeded_others`, ``soap_lab.seeded_claims``), and
+#: the part of it that gives the batch-size claim the paper's form (:func:`batch_efficiency`).
+OTHER_SEEDED_STUDIES = ("seeded_others", "batch_efficiency")
 #: Scales the paper-figure studies are drawn for (``make figures``); ``cpu_freq`` has its own figure.
 PAPER_SCALES = ("cpu", "gpu")
 
@@ -232,13 +233,34 @@ def comparison(scale: Scale, root: Optional[str] = None) -> List[Any]:
     return seeded(scale, out)
 
 
+def batch_frequency(scale: Scale, batch_size: int) -> int:
+    """SOAP's f at ``batch_size``: ``base_frequency`` at the reference batch, scaled with 1/batch as in the paper
+    (f = 10 at 2M tokens, 80 at 256k), at least 1."""
+    return max(1, round(scale.base_frequency * scale.batch_size / batch_size))
+
+
 def batch_size(scale: Scale, root: Optional[str] = None) -> List[Any]:
     """Fig. 4: AdamW and SOAP at several batch sizes, f scaled with 1/batch as in the paper."""
     out = []
     for b in scale.batch_sizes:
-        f = max(1, round(scale.base_frequency * scale.batch_size / b))
+        f = batch_frequency(scale, b)
         out.append(_config(scale, root, "adamw", tuned_lr("adamw", scale, root), batch_size=b))
         out.append(_config(scale, root, "soap", tuned_lr("soap", scale, root), batch_size=b, precondition_frequency=f))
+    return seeded(scale, out)
+
+
+def batch_efficiency(scale: Scale, root: Optional[str] = None) -> List[Any]:
+    """Fig. 4 in the paper's form: SOAP at every budget fraction below 1 at each batch of ``scale.batch_sizes``
+    (with :func:`batch_size`'s full-budget runs, the efficiency fit per batch: steps to AdamW's loss), and
+    Shampoo at the smallest batch (Fig. 4 right: SOAP against Shampoo at small batch); f as in :func:`batch_size`."""
+    lr, out = tuned_lr("soap", scale, root), []
+    for b in scale.batch_sizes:
+        f = batch_frequency(scale, b)
+        out += [_config(scale, root, "soap", lr, batch_size=b, precondition_frequency=f, budget_fraction=frac)
+                for frac in scale.budget_fractions if frac < 1.0]
+    b = min(scale.batch_sizes)
+    out.append(_config(scale, root, "shampoo", tuned_lr("shampoo", scale, root), batch_size=b,
+                       precondition_frequency=batch_frequency(scale, b)))
     return seeded(scale, out)
 
 
@@ -289,12 +311,12 @@ def frequency_long(scale: Scale, root: Optional[str] = None) -> List[Any]:
 def seeded_others(scale: Scale, root: Optional[str] = None) -> List[Any]:
     """The paper's other claims with the scale's seeds (issue 11): the variants, SOAP with eigh refreshes at every
     f (QR vs eigh), the efficiency protocol's budget fractions, the lr sweep at every seed — a check of the
-    tuning, which stays on ``scale.lr_seeds`` (:func:`tuned_lr`) — and the batch sizes. Runs shared with other
-    studies appear once."""
+    tuning, which stays on ``scale.lr_seeds`` (:func:`tuned_lr`) — and the batch sizes with their budget fractions
+    (:func:`batch_efficiency`, last: the costliest runs). Runs shared with other studies appear once."""
     lr_check = lr_sweep(dataclasses.replace(scale, tune_seeds=tuple(scale.seeds)), root)
     out, seen = [], set()
     for c in (variants(scale, root) + frequency(scale, root) + comparison(scale, root) + lr_check
-              + batch_size(scale, root)):
+              + batch_size(scale, root) + batch_efficiency(scale, root)):
         rid = results.run_id(c)
         if rid not in seen:
             seen.add(rid)

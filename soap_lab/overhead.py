@@ -87,12 +87,18 @@ def fit_floor(fs: Sequence[float], overhead_pct: Sequence[float]) -> Optional[Di
 
 def timing_study(scale: Any = "cpu", frequencies: Optional[Sequence[int]] = None, repeats: int = 3, window: int = 200,
                  fb_reps: int = 4, threads: Optional[int] = 1, device: Optional[str] = None, refresh: str = "qr",
-                 seed: int = 0, log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
+                 seed: int = 0, shampoo: bool = False,
+                 log: Optional[Callable[[str], None]] = print) -> Dict[str, Any]:
     """Time AdamW and SOAP(f) optimizer steps, and forward+backward, interleaved (see the module docstring).
 
     ``scale``: a ``Scale`` or its name (its preset gives the shapes, its batch the forward+backward cost).
     ``frequencies``: default the scale's. ``window``: steps per block (SOAP: rounded up to a multiple of f).
     ``threads``: torch threads during the study (1 = as the CPU training runs; None = leave as is).
+    ``shampoo``: also time the paper's Shampoo baseline (``ablations.SHAMPOO_BASELINE``) at every f, stored as
+    ``shampoo_times`` (for wall-clock against Shampoo; the overhead summary stays SOAP's).
+
+    Every time list holds one entry per repeat, in round order, so entry r of two arms (and of
+    ``forward_backward_times``) come from the same round: ratios can be paired by round.
     """
     import torch
 
@@ -132,6 +138,8 @@ def timing_study(scale: Any = "cpu", frequencies: Optional[Sequence[int]] = None
         make_arm("adamw", "adamw")
         for f in fs:
             make_arm(f"soap_f{f}", "soap", precondition_frequency=f, refresh=refresh)
+            if shampoo:
+                make_arm(f"shampoo_f{f}", "shampoo", precondition_frequency=f, **ablations.SHAMPOO_BASELINE)
 
         def steps_of(arm: Dict[str, Any], n: int) -> None:
             opt, params = arm["opt"], arm["params"]
@@ -144,7 +152,7 @@ def timing_study(scale: Any = "cpu", frequencies: Optional[Sequence[int]] = None
 
         # warm up: the first call (SOAP: eigh, no update) and one full refresh period
         for name, arm in arms.items():
-            f = int(name.split("_f")[1]) if name.startswith("soap") else 1
+            f = int(name.split("_f")[1]) if "_f" in name else 1
             steps_of(arm, f + 1)
         x = torch.randint(0, cfg.vocab_size, (sc.batch_size, cfg.seq_len), device=dev)
 
@@ -171,7 +179,7 @@ def timing_study(scale: Any = "cpu", frequencies: Optional[Sequence[int]] = None
                     fb_times.append(fb_block())
                     continue
                 arm = arms[name]
-                f = int(name.split("_f")[1]) if name.startswith("soap") else 1
+                f = int(name.split("_f")[1]) if "_f" in name else 1
                 n = int(math.ceil(window / f) * f)
                 sync()
                 t0 = time.perf_counter()
@@ -210,13 +218,14 @@ def timing_study(scale: Any = "cpu", frequencies: Optional[Sequence[int]] = None
         "params": {"scale": sc.name, "preset": sc.preset, "tokenizer": sc.tokenizer, "batch_size": sc.batch_size,
                    "seq_len": cfg.seq_len, "frequencies": fs, "repeats": repeats, "window": window,
                    "fb_reps": fb_reps, "threads": threads or old_threads, "device": str(dev), "refresh": refresh,
-                   "seed": seed, "n_params": n_params, "n_matrices": sum(len(s) == 2 for s in shapes),
+                   "seed": seed, "shampoo": bool(shampoo), "n_params": n_params, "n_matrices": sum(len(s) == 2 for s in shapes),
                    "shapes": [list(s) for s in shapes]},
         "adamw_step_s": t_adam,
         "forward_backward_s": t_fb,
         "adamw_times": arms["adamw"]["times"],
         "forward_backward_times": fb_times,
         "soap_times": {str(f): arms[f"soap_f{f}"]["times"] for f in fs},
+        **({"shampoo_times": {str(f): arms[f"shampoo_f{f}"]["times"] for f in fs}} if shampoo else {}),
         "summary": summary,
         "fit": fit_floor([r["f"] for r in summary], [r["overhead_pct"] for r in summary]),
         "loadavg_start": load_start,

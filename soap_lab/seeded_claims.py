@@ -7,11 +7,15 @@ Each claim is a difference computed seed by seed between two arms that share the
 - Fig. 6, "factorized SOAP costs almost nothing": SOAP factorized − SOAP, |d| < 0.02; "one-sided SOAP ≈ Shampoo":
   SOAP one-sided − Shampoo, |d| < 0.02; "factorized + one-sided beats AdamW": that − AdamW < 0;
 - Fig. 4, "SOAP's advantage grows with batch size": d(b) = SOAP − AdamW at each batch b of ``scale.batch_sizes``
-  (SOAP's f scaled with 1/b as in the paper), d(b) < 0 at each, and d(largest) − d(smallest) < 0;
+  (SOAP's f scaled with 1/b as in the paper), d(b) < 0 at each, and d(largest) − d(smallest) < 0; in the paper's
+  form, steps saved against AdamW at each b by the efficiency protocol below, and their growth with b; Fig. 4
+  right, SOAP against Shampoo in steps at the smallest batch;
 - Figs. 1-3, the efficiency protocol per seed: SOAP's final losses at the budget fractions fitted with
   a + b·N^-β (:mod:`soap_lab.efficiency`) and solved for the same seed's AdamW (Shampoo) final loss; steps saved
   1 − N*/N. "≥ 40% fewer steps than AdamW": saved > 0.40; "fewer steps than Shampoo (≈ 20%)": saved > 0. A seed
-  whose fit never reaches the target counts as no saving at all (saved = −1, stated in the row).
+  whose fit never reaches the target counts as no saving at all (saved = −1, stated in the row);
+- Figs. 1-3, wall-clock: those steps saved times the time-per-step ratio of the side-by-side timing study
+  (``soap_lab.overhead``), with a Bonferroni interval over seeds and timing rounds; "≥ 35% less than AdamW".
 
 Input: the records of ``ablations.seeded_others`` (trained by ``python -m soap_lab.freq_study --arms others``);
 nothing trains. :func:`lr_check` checks the seed-0 learning-rate tuning on every seed.
@@ -20,12 +24,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from . import ablations, analysis, efficiency, stats
 
-__all__ = ["CLOSE_MARGIN", "frame", "qr_vs_eigh", "variants", "efficiency_claims", "batch_claims", "claims",
-           "lr_check", "markdown", "report"]
+__all__ = ["CLOSE_MARGIN", "frame", "qr_vs_eigh", "variants", "savings", "efficiency_claims", "batch_claims",
+           "time_ratios", "wallclock_claims", "claims", "timing", "lr_check", "markdown", "report"]
 
 #: "As good as" / "costs almost nothing": |difference of final losses| below this (nats), as in freq_analysis.
 CLOSE_MARGIN = 0.02
@@ -38,7 +42,7 @@ def frame(scale, root=None):
     tuned lrs): label, f, seed, batch size, budget_fraction, steps, final loss."""
     import pandas as pd
 
-    studies = ("frequency", "variants", "comparison", "batch_size")
+    studies = ("frequency", "variants", "comparison", "batch_size", "batch_efficiency")
     frames = [sd.runs for sd in (analysis.study_data(st, scale, root) for st in studies) if len(sd.runs)]
     cols = ["run_id", "label", "f", "seed", "batch_size", "budget_fraction", "steps_total", "final_val_loss"]
     if not frames:
@@ -120,38 +124,51 @@ def _saved(df, f: int, seed: int, target: float, full_steps: int) -> float:
     return s.steps_saved if math.isfinite(s.steps_needed) else -1.0
 
 
+def savings(df, f: int, base: str) -> Dict[int, float]:
+    """Steps saved by SOAP at ``f`` against ``base`` ("AdamW", or "Shampoo" at the same f), per seed: SOAP's final
+    losses over its budget fractions fitted and solved for the same seed's ``base`` full-budget loss (−1 where the
+    fit never reaches it). Seeds with fewer than 3 SOAP budgets are left out. ``df``: one batch size."""
+    full = df[df["budget_fraction"] == 1.0]
+    steps = int(full["steps_total"].max()) if len(full) else 0
+    saved: Dict[int, float] = {}
+    for seed, target in _by_seed(df, base, None if base == "AdamW" else f).items():
+        soap = df[(df["label"] == "SOAP") & (df["seed"] == seed) & (df["f"] == f)]
+        if target is not None and soap["budget_fraction"].nunique() >= 3:
+            try:
+                saved[seed] = _saved(df, f, seed, target, steps)
+            except (ValueError, RuntimeError):
+                continue
+    return saved
+
+
+def _saving_row(claim: str, saved: Dict[int, float], threshold: float, **keys) -> Dict[str, Any]:
+    row = _row(claim, saved, "greater", threshold, **keys)
+    row["unreached"] = [s for s, v in saved.items() if v == -1.0]
+    return row
+
+
 def efficiency_claims(df, f: int) -> List[Dict[str, Any]]:
     """Steps saved per seed against AdamW and Shampoo (the same seed's full-budget final loss)."""
     rows = []
-    full = df[df["budget_fraction"] == 1.0]
-    steps = int(full["steps_total"].max()) if len(full) else 0
     for base, claim, threshold in (("AdamW", "SOAP needs ≥ 40% fewer steps than AdamW (saved > 0.40)", ADAMW_SAVING),
                                    ("Shampoo", "SOAP needs fewer steps than Shampoo (saved > 0)", 0.0)):
-        targets = _by_seed(df, base, None if base == "AdamW" else f)
-        saved = {}
-        for seed, target in targets.items():
-            n_points = len(df[(df["label"] == "SOAP") & (df["seed"] == seed) & (df["f"] == f)]["budget_fraction"].unique())
-            if target is not None and n_points >= 3:
-                try:
-                    saved[seed] = _saved(df, f, seed, target, steps)
-                except (ValueError, RuntimeError):
-                    continue
+        saved = savings(df, f, base)
         if saved:
-            row = _row(claim, saved, "greater", threshold, baseline=base)
-            row["unreached"] = [s for s, v in saved.items() if v == -1.0]
-            rows.append(row)
+            rows.append(_saving_row(claim, saved, threshold, baseline=base))
     return rows
 
 
 def batch_claims(df, scale) -> List[Dict[str, Any]]:
-    """SOAP − AdamW per seed at each batch size (SOAP at f = base_frequency·batch_size/b), and the difference
-    between the largest and the smallest batch's."""
+    """Fig. 4 per seed, SOAP at f = ``ablations.batch_frequency`` at each batch b of ``scale.batch_sizes``.
+
+    Final losses at equal steps: d(b) = SOAP − AdamW < 0 at each b, and d(largest) − d(smallest) < 0. The paper's
+    form, where the budget fractions are stored (``ablations.batch_efficiency``): steps saved against AdamW at each b
+    (> 0), their growth saved(largest) − saved(smallest) > 0, and at the smallest batch against Shampoo (> 0)."""
     def at(b):
         g = df[df["batch_size"] == b]
-        f = max(1, round(scale.base_frequency * scale.batch_size / b))
-        return stats.paired_differences(_by_seed(g, "SOAP", f), _by_seed(g, "AdamW"))
+        return stats.paired_differences(_by_seed(g, "SOAP", ablations.batch_frequency(scale, b)), _by_seed(g, "AdamW"))
 
-    rows, per_batch = [], {}
+    rows, per_batch, saved = [], {}, {}
     for b in scale.batch_sizes:
         d = at(b)
         if d:
@@ -163,6 +180,64 @@ def batch_claims(df, scale) -> List[Dict[str, Any]]:
         if d:
             rows.append(_row(f"SOAP's advantage grows with batch size (d({hi}) − d({lo}) < 0, d = SOAP − AdamW)", d,
                              "less", baseline=f"batch {hi} vs {lo}"))
+    for b in scale.batch_sizes:
+        s = savings(df[df["batch_size"] == b], ablations.batch_frequency(scale, b), "AdamW")
+        if s:
+            saved[b] = s
+            rows.append(_saving_row(f"SOAP needs fewer steps than AdamW at batch {b} (saved > 0)", s, 0.0,
+                                    baseline=f"steps, batch {b}"))
+    if len(saved) >= 2:
+        lo, hi = min(saved), max(saved)
+        d = stats.paired_differences(saved[hi], saved[lo])
+        if d:
+            rows.append(_row(f"SOAP's step saving grows with batch size (saved({hi}) − saved({lo}) > 0)", d,
+                             "greater", baseline=f"steps, batch {hi} vs {lo}"))
+    if scale.batch_sizes:
+        b = min(scale.batch_sizes)
+        s = savings(df[df["batch_size"] == b], ablations.batch_frequency(scale, b), "Shampoo")
+        if s:
+            rows.append(_saving_row(f"SOAP needs fewer steps than Shampoo at batch {b} (saved > 0)", s, 0.0,
+                                    baseline=f"steps vs Shampoo, batch {b}"))
+    return rows
+
+
+def time_ratios(timing: Mapping[str, Any], f: int, base: str = "AdamW") -> List[float]:
+    """SOAP's training-step time over ``base``'s ("AdamW", or "Shampoo" at the same f) in each round of a stored
+    timing study (``soap_lab.overhead``, run with ``shampoo=True`` for Shampoo): (forward+backward + SOAP step) /
+    (forward+backward + base step), every time from the same round. Empty where the study lacks the arms."""
+    soap = (timing.get("soap_times") or {}).get(str(f))
+    other = timing.get("adamw_times") if base == "AdamW" else (timing.get("shampoo_times") or {}).get(str(f))
+    fb = timing.get("forward_backward_times")
+    if not (soap and other and fb) or not len(soap) == len(other) == len(fb):
+        return []
+    return [(t_fb + t_s) / (t_fb + t_o) for t_fb, t_s, t_o in zip(fb, soap, other)]
+
+
+def wallclock_claims(df, f: int, timing: Optional[Mapping[str, Any]], level: float = 0.95) -> List[Dict[str, Any]]:
+    """Wall-clock saved = 1 − (1 − steps saved)·(time-per-step ratio), against AdamW (paper: ≥ 35%) and Shampoo.
+
+    Steps saved come per seed from :func:`savings`; the ratio from the timing study's rounds
+    (:func:`time_ratios`), which were not paired with the seeds. The interval is Bonferroni's: a t-interval at
+    level 1 − (1 − ``level``)/2 over the seeds and one over the rounds; the saving is monotone in both, so their
+    corners hold it with probability ≥ ``level``. Per-seed values use the mean ratio."""
+    if not timing:
+        return []
+    each = 1 - (1 - level) / 2
+    rows = []
+    for base, claim, threshold in (("AdamW", "SOAP needs ≥ 35% less wall-clock than AdamW (saved > 0.35)", 0.35),
+                                   ("Shampoo", "SOAP needs less wall-clock than Shampoo (saved > 0)", 0.0)):
+        saved, ratios = savings(df, f, base), time_ratios(timing, f, base)
+        if len(saved) < 2 or len(ratios) < 2:
+            continue
+        s_iv, r_iv = stats.mean_interval(list(saved.values()), each), stats.mean_interval(ratios, each)
+        values = {seed: 1 - (1 - v) * r_iv.mean for seed, v in saved.items()}
+        iv = stats.Interval(1 - (1 - s_iv.mean) * r_iv.mean, 1 - (1 - s_iv.low) * r_iv.high,
+                            1 - (1 - s_iv.high) * r_iv.low, s_iv.n, level, list(values.values()), "bonferroni")
+        rows.append({"claim": claim, "baseline": f"wall-clock, {base}", "n": iv.n, "mean": iv.mean, "low": iv.low,
+                     "high": iv.high, "values": iv.values, "seeds": list(values),
+                     "verdict": stats.verdict(iv, "greater", threshold), "time_ratio": r_iv.mean,
+                     "time_ratio_low": r_iv.low, "time_ratio_high": r_iv.high, "rounds": r_iv.n,
+                     "unreached": [s for s, v in saved.items() if v == -1.0]})
     return rows
 
 
@@ -185,6 +260,18 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def timing(scale) -> Optional[Dict[str, Any]]:
+    """The stored timing study of ``scale`` (``data/overhead/overhead_<scale>.json``), or None."""
+    from . import overhead, results
+
+    path = overhead.default_path(scale.name)
+    return results.read_record(path) if path.is_file() else None
+
+
 def report(scale, root=None) -> str:
-    """The claims and the lr check as Markdown (what ``python -m soap_lab.freq_study --report`` prints last)."""
-    return markdown(claims(frame(scale, root), scale)) + "\n\n" + markdown(lr_check(scale, root))
+    """The claims (with the wall-clock claims where the scale's timing study is stored) and the lr check as
+    Markdown (what ``python -m soap_lab.freq_study --report`` prints last)."""
+    df = frame(scale, root)
+    ref = df[df["batch_size"] == scale.batch_size]
+    rows = claims(df, scale) + wallclock_claims(ref, scale.base_frequency, timing(scale))
+    return markdown(rows) + "\n\n" + markdown(lr_check(scale, root))

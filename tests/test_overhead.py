@@ -11,8 +11,9 @@ def test_overhead_fit_recovers_floor():
 
 def test_timing_study_runs_on_tiny_shapes(one_thread):
     d = overhead.timing_study(notebook.notebook_scale("cpu", overrides={"preset": "tiny", "batch_size": 2}),
-                              frequencies=[1, 3], repeats=1, window=3, fb_reps=1, log=None)
-    assert [r["f"] for r in d["summary"]] == [1, 3] and len(d["soap_times"]["3"]) == 1
+                              frequencies=[1, 3], repeats=2, window=3, fb_reps=1, shampoo=True, log=None)
+    assert [r["f"] for r in d["summary"]] == [1, 3] and len(d["soap_times"]["3"]) == 2
+    assert len(d["shampoo_times"]["1"]) == len(d["adamw_times"]) == len(d["forward_backward_times"]) == 2
     assert d["params"]["n_matrices"] > 0 and d["adamw_step_s"] > 0 and d["forward_backward_s"] > 0
     with pytest.raises(ValueError, match="frequencies is empty"):
         overhead.timing_study("cpu", frequencies=[])

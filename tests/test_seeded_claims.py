@@ -1,6 +1,8 @@
 """soap_lab.seeded_claims: the paper's other claims, paired by seed, on a synthetic frame with known answers."""
+import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as t_dist
 
 from soap_lab import ablations, results, seeded_claims
 
@@ -67,7 +69,7 @@ def test_batch_claims_pair_soap_and_adamw_at_each_batch():
     sc = ablations.get_scale("cpu_freq")
     rows = []
     for b, lead in ((8, 0.05), (32, 0.1), (128, 0.15)):
-        f = max(1, round(10 * 16 / b))
+        f = ablations.batch_frequency(sc, b)
         for s in range(3):
             rows.append(dict(run_id=f"a{b}{s}", label="AdamW", f=None, seed=s, batch_size=b, budget_fraction=1.0,
                              steps_total=STEPS, final_val_loss=2.0 + 0.01 * s))
@@ -77,6 +79,74 @@ def test_batch_claims_pair_soap_and_adamw_at_each_batch():
     assert [r["baseline"] for r in out] == ["batch 8", "batch 32", "batch 128", "batch 128 vs 8"]
     assert all(r["verdict"] == "reproduced" for r in out)
     assert out[-1]["values"] == pytest.approx([-0.1] * 3)
+
+
+def _law(n, s):
+    return 1.0 + 2.0 * (n / 100.0) ** -1.0 + 0.01 * s
+
+
+def test_batch_claims_in_the_papers_form_recover_the_known_step_savings():
+    """SOAP reaches AdamW's loss at n_star(b) = 800, 600, 400 steps of 1000 (saved 0.2, 0.4, 0.6) at batches 8, 32,
+    128, and Shampoo's at batch 8 at 500 steps: the rows recover each saving per seed and its growth (+0.4)."""
+    sc = ablations.get_scale("cpu_freq")
+    rows = []
+    for b, n_star in ((8, 800.0), (32, 600.0), (128, 400.0)):
+        f = ablations.batch_frequency(sc, b)
+        for s in range(3):
+            rows.append(dict(label="AdamW", f=None, seed=s, batch_size=b, budget_fraction=1.0, steps_total=STEPS,
+                             final_val_loss=_law(n_star, s)))
+            if b == 8:
+                rows.append(dict(label="Shampoo", f=f, seed=s, batch_size=b, budget_fraction=1.0, steps_total=STEPS,
+                                 final_val_loss=_law(500.0, s)))
+            for frac in sc.budget_fractions:
+                rows.append(dict(label="SOAP", f=f, seed=s, batch_size=b, budget_fraction=frac,
+                                 steps_total=int(frac * STEPS), final_val_loss=_law(frac * STEPS, s)))
+    df = pd.DataFrame([dict(run_id=f"r{i}", **r) for i, r in enumerate(rows)])
+    out = {r["baseline"]: r for r in seeded_claims.batch_claims(df, sc)}
+    for b, saved in ((8, 0.2), (32, 0.4), (128, 0.6)):
+        assert out[f"steps, batch {b}"]["values"] == pytest.approx([saved] * 3, abs=1e-3)
+        assert out[f"steps, batch {b}"]["verdict"] == "reproduced"
+    grow = out["steps, batch 128 vs 8"]
+    assert grow["values"] == pytest.approx([0.4] * 3, abs=1e-3) and grow["verdict"] == "reproduced"
+    assert out["steps vs Shampoo, batch 8"]["values"] == pytest.approx([0.5] * 3, abs=1e-3)
+    # without the budget fractions only the final-loss rows remain
+    full = seeded_claims.batch_claims(df[df["budget_fraction"] == 1.0], sc)
+    assert all(not r["baseline"].startswith("steps") for r in full)
+
+
+def _timing(ratios_adamw, ratios_shampoo, fb=0.1, adam=0.01):
+    """A stored timing study whose round r gives SOAP/AdamW = ratios_adamw[r] and SOAP/Shampoo = ratios_shampoo[r]."""
+    soap = [ra * (fb + adam) - fb for ra in ratios_adamw]
+    shampoo = [(fb + t) / rs - fb for t, rs in zip(soap, ratios_shampoo)]
+    n = len(soap)
+    return {"forward_backward_times": [fb] * n, "adamw_times": [adam] * n, "soap_times": {str(F): soap},
+            "shampoo_times": {str(F): shampoo}}
+
+
+def test_time_ratios_pair_the_rounds():
+    t = _timing([1.2, 1.3, 1.25], [0.9, 0.95, 0.92])
+    assert seeded_claims.time_ratios(t, F) == pytest.approx([1.2, 1.3, 1.25])
+    assert seeded_claims.time_ratios(t, F, "Shampoo") == pytest.approx([0.9, 0.95, 0.92])
+    assert seeded_claims.time_ratios(t, 3) == [] and seeded_claims.time_ratios({}, F) == []
+    assert seeded_claims.time_ratios({**t, "adamw_times": [0.01]}, F) == []  # rounds that do not pair
+
+
+def test_wallclock_combines_steps_and_time_with_a_bonferroni_interval():
+    """Steps saved 0.5 on every seed (n_star = 500 of 1000); time ratio 1.2 ± a little: wall-clock saved
+    1 − 0.5·1.2 = 0.4 per seed, with an interval from the ratio's spread alone (the seeds agree)."""
+    ratios = [1.18, 1.2, 1.22, 1.2]
+    rows = seeded_claims.wallclock_claims(_frame(n_star=500.0), F, _timing(ratios, [0.8] * 4))
+    adamw, shampoo = (_by_claim(rows, w)[0] for w in ("than AdamW", "than Shampoo"))
+    assert adamw["values"] == pytest.approx([0.4] * 3, abs=1e-3) and adamw["time_ratio"] == pytest.approx(1.2)
+    half = t_dist.ppf(0.9875, 3) * np.std(ratios, ddof=1) / 2  # the ratio's 97.5% t-interval over 4 rounds
+    assert adamw["low"] == pytest.approx(1 - 0.5 * (1.2 + half), abs=1e-3)
+    assert adamw["high"] == pytest.approx(1 - 0.5 * (1.2 - half), abs=1e-3)
+    assert adamw["verdict"] == "reproduced"  # [0.375, 0.425] sits above 0.35
+    # Shampoo's loss is AdamW's + 0.001·seed, which SOAP's law meets at N = 200 / (0.4 + 0.001·seed) steps
+    assert shampoo["values"] == pytest.approx([1 - 0.8 * 0.2 / (0.4 + 0.001 * s) for s in range(3)], abs=1e-3)
+    slow = seeded_claims.wallclock_claims(_frame(n_star=500.0), F, _timing([1.4, 1.5, 1.45, 1.45], [0.8] * 4))
+    assert _by_claim(slow, "than AdamW")[0]["verdict"] == "contradicted"  # 1 − 0.5·1.45 ≈ 0.28 < 0.35
+    assert seeded_claims.wallclock_claims(_frame(), F, None) == []
 
 
 def test_markdown_shows_every_seed():
@@ -90,5 +160,10 @@ def test_the_study_grid_holds_each_claims_runs():
     labels = {ablations.label(c) for c in cfgs}
     assert {"SOAP (eigh)", "SOAP factorized", "SOAP one-sided", "SOAP factorized + one-sided"} <= labels
     assert {c.budget_fraction for c in cfgs} == set(sc.budget_fractions)
+    for b in sc.batch_sizes:  # the efficiency protocol at every batch size, f scaled with 1/batch
+        soap = [c for c in cfgs if c.optimizer == "soap" and c.batch_size == b and not c.hparams.get("refresh")]
+        assert {c.budget_fraction for c in soap} == set(sc.budget_fractions)
+        assert {c.precondition_frequency for c in soap} == {ablations.batch_frequency(sc, b)}
+    assert any(c.optimizer == "shampoo" and c.batch_size == min(sc.batch_sizes) for c in cfgs)
     assert {c.seed for c in cfgs} == set(sc.seeds)
     assert len({results.run_id(c) for c in cfgs}) == len(cfgs)  # shared runs appear once
