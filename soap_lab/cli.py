@@ -10,6 +10,7 @@ may lack them, and each is imported by the library only where it is used.
     python -m soap_lab figures [--only NAME ...] [--scales cpu gpu]
     python -m soap_lab ablations --scale cpu [--study NAME ...] [--shard i/N]
     python -m soap_lab.freq_study [--scale cpu_freq] [--arms seeded batch long] [--threads 1] [--report]
+    python -m soap_lab.freq_study --timing [--repeats 15] [--force]   # the side-by-side timing study
 """
 from __future__ import annotations
 
@@ -115,7 +116,25 @@ def freq_study_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     p.add_argument("--runs-root", default=None, help="root of the run records (default <repo>/data/runs)")
     p.add_argument("--report", action="store_true", help="print the rise and claim tables of the stored runs; no training")
+    p.add_argument("--timing", action="store_true",
+                   help="run the side-by-side timing study (AdamW, SOAP and Shampoo at every f; for the wall-clock "
+                        "claim) into data/overhead/overhead_<scale>.json; no training. Run it on an idle machine")
+    p.add_argument("--repeats", type=int, default=15, help="rounds of the timing study (default 15)")
+    p.add_argument("--force", action="store_true", help="let --timing replace a stored timing study")
     args = p.parse_args(argv)
+    if args.timing:
+        from . import overhead
+
+        sc = ablations.get_scale(args.scale)
+        path = overhead.default_path(sc.name)
+        if path.exists() and not args.force:
+            print(f"{p.prog}: error: {path} exists (a stored result); pass --force to measure it again",
+                  file=sys.stderr)
+            return 1
+        if args.repeats < 2:
+            p.error(f"--repeats must be >= 2 (the wall-clock interval is over rounds), got {args.repeats}")
+        print(overhead.run(sc, path, shampoo=True, repeats=args.repeats, window=60, fb_reps=20, threads=args.threads))
+        return 0
     if args.report:
         datas = plot_seeds.study_datas(ablations.get_scale(args.scale), args.runs_root)
         if not datas:

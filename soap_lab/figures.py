@@ -43,6 +43,7 @@ FIGURES: Dict[str, Optional[str]] = {
     "equivalence_claim1": None,
     "equivalence_gap": None,
     "frequency_seeded": None,  # the seeded frequency study (soap_lab.plot_seeds), scale cpu_freq
+    "claims_seeded": None,  # the paper's other claims with seeds (soap_lab.plot_claims), scale cpu_freq
 }
 
 
@@ -110,6 +111,10 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
         from . import plot_seeds
 
         return plot_seeds.draw(root, out, scs)
+    if name == "claims_seeded":
+        from . import plot_claims
+
+        return plot_claims.draw(root, out, scs)
     cache = _cache if _cache is not None else {}
     study = FIGURES[name]
     if study is not None:

@@ -86,7 +86,8 @@ def _by_seed(df, label: str, f: Optional[int] = None, budget: float = 1.0) -> Di
 def _row(claim: str, values: Dict[int, float], kind: str, margin: float = 0.0, **keys) -> Dict[str, Any]:
     iv = stats.mean_interval(list(values.values()))
     return {"claim": claim, **keys, "n": iv.n, "mean": iv.mean, "low": iv.low, "high": iv.high,
-            "values": iv.values, "seeds": list(values), "verdict": stats.verdict(iv, kind, margin)}
+            "values": iv.values, "seeds": list(values), "kind": kind, "margin": margin,
+            "verdict": stats.verdict(iv, kind, margin)}
 
 
 def qr_vs_eigh(df) -> List[Dict[str, Any]]:
@@ -235,6 +236,7 @@ def wallclock_claims(df, f: int, timing: Optional[Mapping[str, Any]], level: flo
                             1 - (1 - s_iv.high) * r_iv.low, s_iv.n, level, list(values.values()), "bonferroni")
         rows.append({"claim": claim, "baseline": f"wall-clock, {base}", "n": iv.n, "mean": iv.mean, "low": iv.low,
                      "high": iv.high, "values": iv.values, "seeds": list(values),
+                     "kind": "greater", "margin": threshold,
                      "verdict": stats.verdict(iv, "greater", threshold), "time_ratio": r_iv.mean,
                      "time_ratio_low": r_iv.low, "time_ratio_high": r_iv.high, "rounds": r_iv.n,
                      "unreached": [s for s, v in saved.items() if v == -1.0]})

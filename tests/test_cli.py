@@ -144,6 +144,19 @@ def test_freq_study_command_reports_or_names_what_is_missing(tmp_path, capsys):
     assert e.value.code == 2 and "invalid choice: 'wide'" in capsys.readouterr().err
 
 
+def test_freq_study_timing_never_replaces_a_stored_study_by_accident(tmp_path, monkeypatch, capsys):
+    from soap_lab import overhead
+
+    stored_study = tmp_path / "overhead_cpu_freq.json"
+    stored_study.write_text("{}")
+    monkeypatch.setattr(overhead, "default_path", lambda name: stored_study)
+    assert cli.freq_study_main(["--timing"]) == 1
+    assert "exists (a stored result); pass --force" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.freq_study_main(["--timing", "--force", "--repeats", "1"])
+    assert stored_study.read_text() == "{}"
+
+
 def test_freq_study_runs_as_a_module(one_thread_env):
     p = subprocess.run([sys.executable, "-m", "soap_lab.freq_study", "--help"], capture_output=True, text=True,
                        cwd=REPO, env=one_thread_env, timeout=120)
