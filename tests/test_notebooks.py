@@ -37,8 +37,9 @@ def execute(name, out_dir, **parameters):
 def test_notebooks_are_committed_clean():
     """Thin, parameterized, without outputs: exactly one `parameters` cell, no outputs or execution counts."""
     names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
-    assert set(names) == set(TRAINING) | {"overhead", "equivalence"}
-    assert set(rerun.STUDY_NOTEBOOKS.values()) == {f"{n}.ipynb" for n in names}
+    assert set(names) == set(TRAINING) | {"overhead", "equivalence", "seeded_claims"}
+    # `make ablations` runs the paper-figure scales; the seeded studies have their own scale and notebook
+    assert set(rerun.STUDY_NOTEBOOKS.values()) | {"seeded_claims.ipynb"} == {f"{n}.ipynb" for n in names}
     for name in names:
         nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -84,7 +85,26 @@ def test_equivalence_notebook_smoke(tmp_path, one_thread_kernels):
         assert (tmp_path / "fig" / f"{fig}.png").exists() and (tmp_path / "fig" / f"{fig}.pdf").exists()
 
 
+def test_seeded_claims_notebook_smoke(tmp_path, one_thread_kernels):
+    """Every arm of the seeded studies at a tiny overridden scale: trained into a temporary root, both tables
+    printed, both figures drawn; a second run with train=False finds every record."""
+    over = dict(preset="tiny", steps=8, eval_every=4, eval_batches=1, batch_size=4, seeds=[0, 1], tune_seeds=[0],
+                lrs={"adamw": [1e-2], "soap": [1e-2], "shampoo": [1e-2]}, frequencies=[1, 2], base_frequency=2,
+                batch_multipliers=[2], arm_frequencies=[1, 2], long_steps=12, long_frequencies=[1, 2],
+                long_seeds=[0, 1], batch_sizes=[4, 8], budget_fractions=[0.5, 0.75, 1.0])
+    root, fig = tmp_path / "runs", tmp_path / "fig"
+    out = execute("seeded_claims", tmp_path, scale_overrides=over, results_root=str(root), figures_dir=str(fig))
+    text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
+    assert "rise_SOAP − rise_Shampoo" in text and "SOAP needs fewer steps than AdamW at batch 8" in text
+    for name in ("frequency_seeded", "claims_seeded"):
+        assert (fig / f"{name}.png").stat().st_size > 1000
+    n_records = len(list(root.rglob("*.json")))
+    execute("seeded_claims", tmp_path, scale_overrides=over, results_root=str(root), figures_dir=str(fig), train=False)
+    assert len(list(root.rglob("*.json"))) == n_records
+
+
 @pytest.mark.parametrize("name, parameters, message", [
+    ("seeded_claims", {"arms": ["wide"]}, "unknown 'wide' in arms; allowed: seeded, batch, long, others"),
     ("precondition_frequency", {"frequencies": []}, "frequencies is empty"),
     ("lr_sweep", {"lrs": {"sgd": [0.1]}}, "unknown optimizer 'sgd' in lrs"),
     ("variants", {"train": False}, "make ablations SCALE=cpu"),
@@ -132,6 +152,7 @@ def test_every_notebook_passes_nbval_lax_on_the_committed_results(tmp_path):
     cheap = {name: {"train": False} for name in TRAINING}
     cheap["overhead"] = {"measure": False}
     cheap["equivalence"] = {"data_dir": str(out / "equivalence")}
+    cheap["seeded_claims"] = {"train": False}
     assert set(cheap) == {p.stem for p in NOTEBOOKS.glob("*.ipynb")}  # every notebook, no more
     for name, params in cheap.items():
         nb = load_notebook_node(str(NOTEBOOKS / f"{name}.ipynb"))
