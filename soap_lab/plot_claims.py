@@ -101,8 +101,8 @@ def rows_for(scale, root=None) -> List[Dict[str, Any]]:
     if not len(df):
         return []
     ref = df[df["batch_size"] == scale.batch_size]
-    return (seeded_claims.claims(df, scale)
-            + seeded_claims.wallclock_claims(ref, scale.base_frequency, seeded_claims.timing(scale)))
+    timing = seeded_claims.timing(scale)
+    return (seeded_claims.claims(df, scale) + seeded_claims.wallclock_claims(ref, scale.base_frequency, timing))
 
 
 def draw(root, figures_dir, scales: Mapping[str, Any]) -> List[Path]:

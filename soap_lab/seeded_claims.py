@@ -15,7 +15,8 @@ Each claim is a difference computed seed by seed between two arms that share the
   1 − N*/N. "≥ 40% fewer steps than AdamW": saved > 0.40; "fewer steps than Shampoo (≈ 20%)": saved > 0. A seed
   whose fit never reaches the target counts as no saving at all (saved = −1, stated in the row);
 - Figs. 1-3, wall-clock: those steps saved times the time-per-step ratio of the side-by-side timing study
-  (``soap_lab.overhead``), with a Bonferroni interval over seeds and timing rounds; "≥ 35% less than AdamW".
+  (``soap_lab.overhead``), with a Bonferroni interval over seeds and timing rounds; "≥ 35% less than AdamW";
+- Fig. 7 left, from the same timing study: the overhead's c + b/f fit per round, b > 0 and c > 0.
 
 Input: the records of ``ablations.seeded_others`` (trained by ``python -m soap_lab.freq_study --arms others``);
 nothing trains. :func:`lr_check` checks the seed-0 learning-rate tuning on every seed.
@@ -29,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from . import ablations, analysis, efficiency, stats
 
 __all__ = ["CLOSE_MARGIN", "frame", "qr_vs_eigh", "variants", "savings", "efficiency_claims", "batch_claims",
-           "time_ratios", "wallclock_claims", "claims", "timing", "lr_check", "markdown", "report"]
+           "time_ratios", "wallclock_claims", "overhead_claims", "claims", "timing", "lr_check", "markdown", "report"]
 
 #: "As good as" / "costs almost nothing": |difference of final losses| below this (nats), as in freq_analysis.
 CLOSE_MARGIN = 0.02
@@ -243,6 +244,28 @@ def wallclock_claims(df, f: int, timing: Optional[Mapping[str, Any]], level: flo
     return rows
 
 
+def overhead_claims(timing: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Fig. 7 left per round of the timing study: SOAP's extra time per training step over AdamW's, in % of an
+    AdamW training step, fitted with c + b/f in each round (``overhead.fit_floor``); "falls with f": b > 0,
+    "toward a nonzero floor": c > 0. Student t over the rounds (repeated measurements, not seeds)."""
+    from . import overhead
+
+    fs = sorted(int(f) for f in (timing or {}).get("soap_times", {}))
+    adam, fb = (timing or {}).get("adamw_times"), (timing or {}).get("forward_backward_times")
+    if len(fs) < 2 or not adam or not fb:
+        return []
+    fits = {}
+    for r, (t_a, t_fb) in enumerate(zip(adam, fb)):
+        pct = [100 * (timing["soap_times"][str(f)][r] - t_a) / (t_fb + t_a) for f in fs]
+        fits[r] = overhead.fit_floor(fs, pct)
+    rows = []
+    for key, claim in (("per_refresh_pct", "SOAP's overhead falls with f (b > 0 in c + b/f, % of a step)"),
+                       ("floor_pct", "SOAP's overhead has a nonzero floor (c > 0 in c + b/f, % of a step)")):
+        row = _row(claim, {r: fit[key] for r, fit in fits.items()}, "greater", 0.0, baseline="timing rounds")
+        rows.append({**row, "seeds": [], "rounds": row["n"]})
+    return rows
+
+
 def claims(df, scale) -> List[Dict[str, Any]]:
     """Every claim of this module on the frame of :func:`frame` (``scale.base_frequency``: the variants' and the
     efficiency protocol's f; all but the batch claims at the reference batch ``scale.batch_size``)."""
@@ -275,5 +298,6 @@ def report(scale, root=None) -> str:
     Markdown (what ``python -m soap_lab.freq_study --report`` prints last)."""
     df = frame(scale, root)
     ref = df[df["batch_size"] == scale.batch_size]
-    rows = claims(df, scale) + wallclock_claims(ref, scale.base_frequency, timing(scale))
+    t = timing(scale)
+    rows = claims(df, scale) + wallclock_claims(ref, scale.base_frequency, t) + overhead_claims(t)
     return markdown(rows) + "\n\n" + markdown(lr_check(scale, root))

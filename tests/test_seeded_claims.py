@@ -149,6 +149,18 @@ def test_wallclock_combines_steps_and_time_with_a_bonferroni_interval():
     assert seeded_claims.wallclock_claims(_frame(), F, None) == []
 
 
+def test_overhead_fit_per_round_recovers_floor_and_refresh_cost():
+    """Round r: overhead(f) = (5 + r) + 40/f % of an AdamW step (fb 0.1 s, AdamW 0.01 s): c = 5, 6, 7, b = 40."""
+    fs, fb, adam = (1, 3, 10, 30), 0.1, 0.01
+    soap = {str(f): [adam + (5 + r + 40 / f) / 100 * (fb + adam) for r in range(3)] for f in fs}
+    rows = seeded_claims.overhead_claims({"forward_backward_times": [fb] * 3, "adamw_times": [adam] * 3,
+                                          "soap_times": soap})
+    falls, floor = rows
+    assert falls["values"] == pytest.approx([40] * 3) and falls["verdict"] == "reproduced"
+    assert floor["values"] == pytest.approx([5, 6, 7]) and floor["rounds"] == 3
+    assert seeded_claims.overhead_claims(None) == []
+
+
 def test_markdown_shows_every_seed():
     text = seeded_claims.markdown(seeded_claims.qr_vs_eigh(_frame()))
     assert "+0.0050, +0.0060, +0.0070" in text and "| 3 | reproduced |" in text
