@@ -24,6 +24,7 @@ __all__ = [
     "study_data",
     "basis_refreshes",
     "lr_table",
+    "tuned_lrs",
     "frequency_table",
     "efficiency_table",
     "step_time_ratio",
@@ -138,21 +139,35 @@ def _finite(x) -> bool:
 
 
 def lr_table(sd: StudyData):
-    """Learning-rate sweep: one row per (optimizer, lr) with the final validation loss; ``tuned`` marks the best."""
-    df = sd.runs[["run_id", "label", "optimizer", "lr", "final_val_loss", "diverged"]].copy()
+    """Learning-rate sweep: one row per run (optimizer, lr, seed) with the final validation loss; ``tuned`` marks the
+    best run of each optimizer (with several seeds, ``tuned_lrs`` gives the lr the studies use)."""
+    df = sd.runs[["run_id", "label", "optimizer", "lr", "seed", "final_val_loss", "diverged"]].copy()
     df["tuned"] = False
     for opt, g in df.groupby("optimizer"):
         ok = g[g["final_val_loss"].map(_finite)]
         if len(ok):
             df.loc[ok["final_val_loss"].astype(float).idxmin(), "tuned"] = True
-    return df.sort_values(["optimizer", "lr"]).reset_index(drop=True)
+    return df.sort_values(["optimizer", "lr", "seed"]).reset_index(drop=True)
+
+
+def tuned_lrs(sd: StudyData) -> Dict[str, float]:
+    """``{label: lr}`` as ``ablations.tuned_lr`` chooses it, from the sweep's runs in ``sd``: the lowest mean final
+    validation loss over the tuning seeds ``sd.scale.lr_seeds`` (an lr where any of them diverged is out)."""
+    runs = sd.runs[sd.runs["seed"].isin(list(sd.scale.lr_seeds))]
+    out: Dict[str, float] = {}
+    for label, g in runs.groupby("label", sort=True):
+        means = {float(lr): gl["final_val_loss"].astype(float).mean() for lr, gl in g.groupby("lr", sort=True)
+                 if gl["final_val_loss"].map(_finite).all()}
+        if means:
+            out[str(label)] = min(means, key=lambda lr: (means[lr], lr))
+    return out
 
 
 def frequency_table(sd: StudyData):
     """Final val loss vs f: one row per (label, f), with the number of basis refreshes of the run."""
     df = sd.runs.copy()
     df["refreshes"] = [basis_refreshes(o, f, s) for o, f, s in zip(df["optimizer"], df["f"], df["steps_done"])]
-    return df[["run_id", "label", "optimizer", "f", "lr", "final_val_loss", "steps_done", "refreshes",
+    return df[["run_id", "label", "optimizer", "f", "lr", "seed", "final_val_loss", "steps_done", "refreshes",
                "opt_time_total", "step_time_mean", "wall_time"]].reset_index(drop=True)
 
 
@@ -239,34 +254,40 @@ def steps_to_target(steps: Sequence[float], losses: Sequence[float], target: flo
 def batch_size_table(sd: StudyData, target: Optional[float] = None):
     """Steps to reach the target val loss per (optimizer, batch size), and the final val losses.
 
-    Default target: AdamW's final val loss at the smallest batch size (every larger batch, and a better
-    optimizer, should reach it within the budget). Columns: label, batch_size, f, final_val_loss, target,
-    steps_to_target, how, tokens_to_target.
+    Default target: AdamW's final val loss at the smallest batch size of the same seed (every larger batch, and a
+    better optimizer, should reach it within the budget; a seed without that run gets no target, how = "no
+    target"). Columns: label, seed, batch_size, f, final_val_loss, target, steps_to_target, how, tokens_to_target.
     """
     import pandas as pd
 
     runs = sd.runs
+    seeds = runs["seed"] if "seed" in runs else pd.Series([0] * len(runs), index=runs.index)
     if target is None:
-        adam = runs[runs["optimizer"] == "adamw"].sort_values("batch_size")
-        adam = adam[adam["final_val_loss"].map(_finite)]
+        adam = runs[(runs["optimizer"] == "adamw") & runs["final_val_loss"].map(_finite)]
         if not len(adam):
             raise ablations.MissingResults("the batch-size study has no finished AdamW run to define the target loss")
-        target = float(adam["final_val_loss"].iloc[0])
+        targets = {}
+        for s, g in adam.assign(_seed=seeds[adam.index]).groupby("_seed", sort=True):
+            targets[int(s)] = float(g.sort_values("batch_size")["final_val_loss"].iloc[0])
     val = sd.curves("val")
     rows = []
-    for _, r in runs.iterrows():
+    for i, r in runs.iterrows():
+        t = float(target) if target is not None else targets.get(int(seeds[i]), float("nan"))
         c = val[val["run_id"] == r["run_id"]] if len(val) else val
-        step, how = steps_to_target(c["step"], c["val_loss"], target) if len(c) else (float("nan"), "not reached")
+        if not _finite(t):
+            step, how = float("nan"), "no target"
+        else:
+            step, how = steps_to_target(c["step"], c["val_loss"], t) if len(c) else (float("nan"), "not reached")
         tokens = step * float(r["tokens_per_step"]) if _finite(step) else float("nan")
-        rows.append({"run_id": r["run_id"], "label": r["label"], "optimizer": r["optimizer"],
+        rows.append({"run_id": r["run_id"], "label": r["label"], "optimizer": r["optimizer"], "seed": int(seeds[i]),
                      "batch_size": int(r["batch_size"]), "f": r["f"], "final_val_loss": r["final_val_loss"],
-                     "target": target, "steps_to_target": step, "how": how, "tokens_to_target": tokens})
+                     "target": t, "steps_to_target": step, "how": how, "tokens_to_target": tokens})
     return pd.DataFrame(rows)
 
 
 def variants_table(sd: StudyData):
     """Final val loss and optimizer-state memory of SOAP's variants, Shampoo and AdamW."""
-    df = sd.runs[["run_id", "label", "optimizer", "final_val_loss", "optimizer_state_bytes", "num_params",
+    df = sd.runs[["run_id", "label", "optimizer", "seed", "final_val_loss", "optimizer_state_bytes", "num_params",
                   "step_time_mean"]].copy()
     df["state_MB"] = df["optimizer_state_bytes"].astype(float) / 2**20
     df["state_per_param"] = df["optimizer_state_bytes"].astype(float) / (4 * df["num_params"].astype(float))

@@ -62,8 +62,9 @@ def figures_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--overhead-dir", default=None, help="default <repo>/data/overhead")
     p.add_argument("--only", nargs="+", choices=list(figures.FIGURES), metavar="NAME",
                    help=f"any of: {', '.join(figures.FIGURES)}")
-    p.add_argument("--scales", nargs="+", choices=list(ablations.SCALES), default=list(ablations.PAPER_SCALES),
-                   help="scales to look for (default all; a scale without results is named on the figures)")
+    p.add_argument("--scales", nargs="+", choices=list(ablations.SCALES), default=list(figures.FIGURE_SCALES),
+                   help="scales to look for (default: the paper's scales and cpu_freq; a scale without results is "
+                        "named on the figures)")
     p.add_argument("--scale-overrides", type=json.loads, default=None, metavar="JSON",
                    help="Scale fields overridden for every scale in --scales (to draw a smoke sweep's results)")
     args = p.parse_args(list(argv) if argv is not None else None)

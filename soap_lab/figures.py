@@ -4,13 +4,18 @@
 ``data/equivalence/*.json`` and ``data/overhead/overhead_<scale>.json``: no training, no notebook. A scale
 without results is named on each figure; a figure with no results at all raises ``ablations.MissingResults``
 naming the command that produces them. :func:`draw_all` is ``make figures`` (``python -m soap_lab figures``):
-every figure, a few seconds, skipping (and naming) those without results.
+every figure, about a minute, skipping (and naming) those without results.
+
+The paper figures are drawn by default for :data:`FIGURE_SCALES`: the paper's scales and the seeded scale
+``cpu_freq`` (3 seeds), one row of panels each; every seed is shown, with the mean and its 95% interval, and
+each figure says n (``soap_lab.seedwise``).
 
 Notebooks draw through :func:`draw_study_figure` and :func:`show`. Nothing heavy is imported at module import:
 matplotlib/seaborn only when drawing.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -20,6 +25,7 @@ from . import ablations, analysis, results, stored
 from .params import ParameterError
 
 __all__ = [
+    "FIGURE_SCALES",
     "FIGURES",
     "FIGURES_DIR",
     "default_figures_dir",
@@ -30,6 +36,10 @@ __all__ = [
 ]
 
 FIGURES_DIR = results.REPO_ROOT / "figures"
+#: The scales the paper figures are drawn for by default (one row of panels each where it has results): the
+#: paper's scales (``ablations.PAPER_SCALES``, which ``make ablations`` trains) and the seeded scale ``cpu_freq``,
+#: whose runs ``python -m soap_lab.freq_study`` trains (never the notebooks).
+FIGURE_SCALES = (*ablations.PAPER_SCALES, "cpu_freq")
 
 #: figure name -> the study whose runs it draws (None: a stored data set, not run records)
 FIGURES: Dict[str, Optional[str]] = {
@@ -56,19 +66,26 @@ def default_figures_dir(scales: Iterable[Any] = ()) -> Path:
 
 
 def _default_scales(scales: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    out = {k: ablations.get_scale(k) for k in ablations.PAPER_SCALES}
+    out = {k: ablations.get_scale(k) for k in FIGURE_SCALES}
     out.update(dict(scales or {}))
     return out
 
 
 def _study_datas(study: str, scales: Mapping[str, Any], root, cache: Dict) -> Dict[str, Any]:
+    """``{key: StudyData of study at that scale, or None}``. The lr sweep is read on every seed of the scale (a
+    scale tuned on fewer seeds, as ``cpu_freq`` on seed 0, may have the same sweep on its other seeds); its
+    StudyData keeps the scale itself, so ``scale.lr_seeds`` still names the tuning seeds."""
     out: Dict[str, Any] = {}
     for name, sc in scales.items():
         key = (sc.experiment, str(root))
         if key not in cache:
             cache[key] = results.load(sc.experiment, root)
         try:
-            sd = analysis.study_data(study, sc, root, frame=cache[key])
+            wide = sc
+            if study == "lr_sweep" and set(sc.seeds) - set(sc.lr_seeds):
+                wide = dataclasses.replace(sc, tune_seeds=tuple(sorted(set(sc.lr_seeds) | set(sc.seeds))))
+            sd = analysis.study_data(study, wide, root, frame=cache[key])
+            sd.scale = sc
         except ablations.CorruptResults:
             raise  # the figure cannot be drawn right without that record: say which
         except ablations.MissingResults:
@@ -100,7 +117,7 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
     ``only_scales`` no other scale is looked at. Raises ``ablations.MissingResults`` (one line, naming the
     command) when no scale has the figure's results.
     """
-    from . import plot_equivalence, plot_studies, plot_wallclock, plotting
+    from . import plot_efficiency, plot_equivalence, plot_overhead, plot_studies, plot_wallclock, plotting
 
     if name not in FIGURES:
         raise ParameterError(f"unknown figure {name!r}; allowed: {', '.join(FIGURES)}")
@@ -120,7 +137,7 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
     if study is not None:
         datas = _study_datas(study, scs, root, cache)
         fn = {"lr_sweep": plot_studies.plot_lr_sweep, "frequency": plot_studies.plot_frequency,
-              "comparison": plot_wallclock.plot_comparison, "efficiency": plot_wallclock.plot_efficiency,
+              "comparison": plot_wallclock.plot_comparison, "efficiency": plot_efficiency.plot_efficiency,
               "batch_size": plot_studies.plot_batch_size, "variants": plot_studies.plot_variants}[name]
         if not any(v is not None for v in datas.values()):
             raise ablations.MissingResults(
@@ -131,12 +148,14 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
         return fn(datas, out, name=name)
     if name == "overhead":
         odir = Path(overhead_dir) if overhead_dir is not None else stored.OVERHEAD_DIR
+        if odir.suffix == ".json" and scales:  # one study file: it belongs to the scales the caller named only
+            scs = dict(scales)
         datas = _overhead_data(scs, odir)
         if not any(v is not None for v in datas.values()):
             raise ablations.MissingResults(f"overhead: no timing study under {odir}: run "
                                            "`make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study overhead`)")
         runs = _study_datas("frequency", {k: scs[k] for k, v in datas.items() if v is not None}, root, cache)
-        return plot_wallclock.plot_overhead(datas, out, name=name, runs=runs)
+        return plot_overhead.plot_overhead(datas, out, name=name, runs=runs)
     edir = Path(equivalence_dir) if equivalence_dir is not None else stored.EQUIVALENCE_DIR
     hint = "make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study equivalence`"
     if name == "equivalence_claim1":

@@ -2,8 +2,9 @@
 footer naming scale, device and caveats, and saving as PNG + PDF (the same bytes on every run).
 
 The figures themselves, one function each, reading only stored results: :mod:`soap_lab.plot_studies` (learning
-rate, frequency, batch size, variants), :mod:`soap_lab.plot_wallclock` (loss vs wall-clock, the efficiency fit,
-the timing study), :mod:`soap_lab.plot_equivalence` (Claim 1, the gap along training) and
+rate, frequency, batch size, variants), :mod:`soap_lab.plot_wallclock` (loss vs steps and wall-clock),
+:mod:`soap_lab.plot_efficiency` (the efficiency fit), :mod:`soap_lab.plot_overhead` (the timing study),
+:mod:`soap_lab.plot_equivalence` (Claim 1, the gap along training) and
 :mod:`soap_lab.plot_seeds` (the seeded frequency study). Every run-based figure takes ``{scale name: StudyData
 or None}`` (``soap_lab.analysis``) and draws one row of panels per scale that has results; a scale without
 results is named in the figure's footer together with the command that produces them.
@@ -24,7 +25,7 @@ import seaborn as sns
 
 from . import ablations
 
-__all__ = ["PALETTE", "MARKERS", "color", "style", "save", "missing_hint", "panel_rows", "footer", "caption",
+__all__ = ["PALETTE", "MARKERS", "color", "style", "save", "missing_hint", "panel_rows", "footer", "noise_note", "caption",
            "scale_tag"]
 
 
@@ -71,8 +72,12 @@ def save(fig, figures_dir, name: str) -> List[Path]:
     return paths
 
 
-def missing_hint(scale_name: str) -> str:
-    """The command that produces a scale's results."""
+def missing_hint(scale_name: str, timing: bool = False) -> str:
+    """The command that produces a scale's results (``timing``: its side-by-side timing study). The seeded scale
+    ``cpu_freq`` is trained by ``soap_lab.freq_study``, never by ``make ablations``."""
+    if scale_name.split("-")[0] == "cpu_freq":
+        return ("python -m soap_lab.freq_study --timing" if timing
+                else "python -m soap_lab.freq_study --scale cpu_freq --arms seeded others")
     return f"make ablations SCALE={scale_name}" + (" DEVICE=cuda" if scale_name == "gpu" else "")
 
 
@@ -99,6 +104,19 @@ def footer(fig, lines: Sequence[str]) -> None:
     width = max(60, int(fig.get_figwidth() * 17))
     text = "\n".join(textwrap.fill(ln, width, subsequent_indent="    ") for ln in lines)
     fig.text(x, y, text, ha="left", va="top", fontsize=7, color="0.25")
+
+
+def noise_note(sd) -> str:
+    """How noisy the runs' recorded step times are (wall-clock panels): the median per-run coefficient of variation."""
+    tr = sd.curves("train")
+    if not len(tr):
+        return ""
+    g = tr.groupby("run_id")["step_time"]
+    cv = float((g.std() / g.mean()).median())
+    dev = str(sd.scale.device)
+    where = "a shared multi-tenant CPU" if dev == "cpu" else dev
+    return (f"[{sd.scale.name}] wall-clock = recorded training time per step on {where}; median per-run "
+            f"coefficient of variation of the step time {100 * cv:.0f}%" + (" (noisy)" if cv > 0.1 else ""))
 
 
 def caption(sd) -> str:

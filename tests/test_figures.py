@@ -66,6 +66,39 @@ def test_draw_all_returns_the_skipped_figures(tmp_path, capsys):
     assert "skipped equivalence_gap: no gap-trajectory data at" in capsys.readouterr().err
 
 
+def test_paper_figures_are_drawn_for_the_seeded_scale_too():
+    """``make figures`` draws cpu_freq's row next to cpu's (and names gpu when absent); ``make ablations`` and the
+    notebooks still train only the paper's scales (``ablations.PAPER_SCALES``)."""
+    assert "cpu_freq" in figures.FIGURE_SCALES and "cpu_freq" not in ablations.PAPER_SCALES
+    assert set(ablations.PAPER_SCALES) <= set(figures.FIGURE_SCALES)
+    assert list(figures._default_scales()) == list(figures.FIGURE_SCALES)
+    assert figures._default_scales()["cpu_freq"] == ablations.get_scale("cpu_freq")
+
+
+def test_a_seeded_scale_draws_with_the_lr_sweep_on_every_seed(synthetic_pool, synthetic_scale, synthetic_seeded_pool,
+                                                              synthetic_seeded_scale, tmp_path):
+    for name in ("lr_sweep", "frequency", "comparison", "efficiency", "batch_size", "variants"):
+        assert figures.draw(name, synthetic_seeded_pool, tmp_path, scales={"cpu_freq": synthetic_seeded_scale},
+                            only_scales=True) == _files(tmp_path, name)
+    cache = {}
+    sd = figures._study_datas("lr_sweep", {"a": synthetic_seeded_scale, "b": synthetic_scale}, synthetic_seeded_pool, cache)
+    assert sorted(sd["a"].runs["seed"].unique()) == [0, 1, 2] and sd["b"] is None  # b: no records in this pool
+    assert len(cache) == 2  # one frame per experiment, read once
+
+
+def test_one_timing_study_file_is_drawn_for_the_named_scale_only(tmp_path, monkeypatch):
+    """The overhead notebook names its one output file: no other default scale (gpu, cpu_freq) gets a row of it."""
+    from soap_lab import plot_overhead
+
+    ov = {"params": {}, "summary": [{"f": 1, "overhead_pct": 5.0, "opt_ratio": 2.0}]}
+    results.write_json_atomic(ov, tmp_path / "timing.json")
+    seen = {}
+    monkeypatch.setattr(plot_overhead, "plot_overhead", lambda datas, out, name, runs: seen.update(datas) or [])
+    figures.draw("overhead", tmp_path / "runs", tmp_path / "fig", scales={"cpu": ablations.get_scale("cpu")},
+                 overhead_dir=tmp_path / "timing.json")
+    assert list(seen) == ["cpu"] and seen["cpu"]["summary"] == ov["summary"]
+
+
 def test_default_figures_dir_keeps_smoke_scales_out_of_figures():
     assert figures.default_figures_dir([ablations.get_scale("cpu")]) == figures.FIGURES_DIR
     tiny = ablations.get_scale("cpu", preset="tiny")

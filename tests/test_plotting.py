@@ -18,6 +18,9 @@ def test_every_optimizer_label_has_its_own_colour():
 def test_missing_hint_names_the_command_of_each_scale():
     assert plotting.missing_hint("cpu") == "make ablations SCALE=cpu"
     assert plotting.missing_hint("gpu") == "make ablations SCALE=gpu DEVICE=cuda"
+    # the seeded scale is trained by freq_study, never by make ablations
+    assert plotting.missing_hint("cpu_freq") == "python -m soap_lab.freq_study --scale cpu_freq --arms seeded others"
+    assert plotting.missing_hint("cpu_freq", timing=True) == "python -m soap_lab.freq_study --timing"
 
 
 def test_panel_rows_one_row_per_scale_with_results():
