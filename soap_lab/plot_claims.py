@@ -12,6 +12,7 @@ of each row gives n and the verdict. Saved through ``soap_lab.plotting.save`` (P
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
@@ -31,8 +32,9 @@ def _is_saving(row: Mapping[str, Any]) -> bool:
 
 def _label(row: Mapping[str, Any]) -> str:
     claim, where = str(row["claim"]).split(" (")[0], str(row.get("baseline") or "")
-    if " vs " in where:  # "batch 128 vs 8", "steps, batch 128 vs 8"
-        lo, hi = where.split(" vs ")[1], where.split(" vs ")[0].split()[-1]
+    growth = re.search(r"batch (\d+) vs (\d+)$", where)  # "batch 128 vs 8", "steps, batch 128 vs 8"
+    if growth:
+        hi, lo = growth.groups()
         return f"{claim} ({'steps' if where.startswith('steps') else 'final loss'}, batch {lo} → {hi})"
     return claim if "f" not in row or where else f"{claim}, f = {row['f']}"
 

@@ -29,6 +29,9 @@ def test_labels_say_which_batches_a_growth_claim_compares():
     row = {"claim": "SOAP's step saving grows with batch size (saved(128) − saved(8) > 0)",
            "baseline": "steps, batch 128 vs 8"}
     assert plot_claims._label(row) == "SOAP's step saving grows with batch size (steps, batch 8 → 128)"
+    vs_shampoo = {"claim": "SOAP needs fewer steps than Shampoo at batch 8 (saved > 0)",
+                  "baseline": "steps vs Shampoo, batch 8"}
+    assert plot_claims._label(vs_shampoo) == "SOAP needs fewer steps than Shampoo at batch 8"
     assert plot_claims._label({"claim": "QR refresh as good as eigh (abs(…) < 0.02)", "f": 3}).endswith("f = 3")
 
 
