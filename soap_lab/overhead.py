@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from . import results, stored
 from .provenance import provenance
 
-__all__ = ["default_path", "model_shapes", "timing_study", "run", "fit_floor"]
+__all__ = ["default_path", "model_shapes", "timing_study", "run", "fit_floor", "per_round", "round_fits"]
 
 
 def default_path(scale_name: str) -> Path:
@@ -83,6 +83,28 @@ def fit_floor(fs: Sequence[float], overhead_pct: Sequence[float]) -> Optional[Di
     X = np.stack([np.ones_like(f), 1.0 / f], 1)
     (c, b), *_ = np.linalg.lstsq(X, y, rcond=None)
     return {"floor_pct": float(c), "per_refresh_pct": float(b)}
+
+
+def per_round(study: Dict[str, Any]) -> Optional[Dict[str, Dict[int, List[float]]]]:
+    """Per round of a stored timing study (entry r of every time list is round r): ``{"pct": {f: SOAP's extra time
+    per training step in % of an AdamW training step}, "ratio": {f: SOAP step / AdamW step}}``; None when the
+    study has no per-round times (or lists of unequal length)."""
+    soap = study.get("soap_times") or {}
+    adam, fb = study.get("adamw_times"), study.get("forward_backward_times")
+    fs = sorted(int(f) for f in soap)
+    if not fs or not adam or not fb or len(adam) != len(fb) or any(len(soap[str(f)]) != len(adam) for f in fs):
+        return None
+    pct = {f: [100 * (s - a) / (b + a) for s, a, b in zip(soap[str(f)], adam, fb)] for f in fs}
+    ratio = {f: [s / a for s, a in zip(soap[str(f)], adam)] for f in fs}
+    return {"pct": pct, "ratio": ratio}
+
+
+def round_fits(pct: Dict[int, List[float]]) -> List[Dict[str, float]]:
+    """:func:`fit_floor` made in each round of ``per_round(...)["pct"]`` (empty with fewer than 2 frequencies)."""
+    fs = sorted(pct)
+    if len(fs) < 2:
+        return []
+    return [fit_floor(fs, [pct[f][r] for f in fs]) for r in range(len(pct[fs[0]]))]
 
 
 def timing_study(scale: Any = "cpu", frequencies: Optional[Sequence[int]] = None, repeats: int = 3, window: int = 200,

@@ -24,27 +24,20 @@ __all__ = ["rounds", "round_fits", "plot_overhead"]
 
 
 def rounds(d: Mapping[str, Any]) -> Optional[Dict[str, Dict[int, List[float]]]]:
-    """``{"pct": {f: overhead % per round}, "ratio": {f: SOAP / AdamW optimizer step per round}}`` from a stored
-    timing study; None when it has no per-round times (or lists of unequal length)."""
-    soap = d.get("soap_times") or {}
-    adam, fb = d.get("adamw_times"), d.get("forward_backward_times")
-    fs = sorted(int(f) for f in soap)
-    if not fs or not adam or not fb or len(adam) != len(fb) or any(len(soap[str(f)]) != len(adam) for f in fs):
-        return None
-    pct = {f: [100 * (s - a) / (b + a) for s, a, b in zip(soap[str(f)], adam, fb)] for f in fs}
-    ratio = {f: [s / a for s, a in zip(soap[str(f)], adam)] for f in fs}
-    return {"pct": pct, "ratio": ratio}
+    """``overhead.per_round``: overhead % and step ratio per round (None without per-round times)."""
+    from .overhead import per_round
+
+    return per_round(dict(d))
 
 
 def round_fits(pct: Mapping[int, List[float]]) -> Dict[str, stats.Interval]:
-    """The fit c + b/f made in each round, summarised over rounds: ``{"floor_pct": c, "per_refresh_pct": b}``
-    as mean with its 95% t-interval (empty with fewer than 2 frequencies)."""
-    from .overhead import fit_floor
+    """The fit c + b/f made in each round (``overhead.round_fits``), summarised over rounds:
+    ``{"floor_pct": c, "per_refresh_pct": b}`` as mean with its 95% t-interval (empty with fewer than 2 frequencies)."""
+    from .overhead import round_fits as fits_per_round
 
-    fs = sorted(pct)
-    if len(fs) < 2:
+    fits = fits_per_round(dict(pct))
+    if not fits:
         return {}
-    fits = [fit_floor(fs, [pct[f][r] for f in fs]) for r in range(len(pct[fs[0]]))]
     return {k: stats.mean_interval([ft[k] for ft in fits]) for k in ("floor_pct", "per_refresh_pct")}
 
 

@@ -250,14 +250,10 @@ def overhead_claims(timing: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]
     "toward a nonzero floor": c > 0. Student t over the rounds (repeated measurements, not seeds)."""
     from . import overhead
 
-    fs = sorted(int(f) for f in (timing or {}).get("soap_times", {}))
-    adam, fb = (timing or {}).get("adamw_times"), (timing or {}).get("forward_backward_times")
-    if len(fs) < 2 or not adam or not fb:
+    per = overhead.per_round(dict(timing)) if timing else None
+    fits = dict(enumerate(overhead.round_fits(per["pct"]))) if per else {}
+    if not fits:
         return []
-    fits = {}
-    for r, (t_a, t_fb) in enumerate(zip(adam, fb)):
-        pct = [100 * (timing["soap_times"][str(f)][r] - t_a) / (t_fb + t_a) for f in fs]
-        fits[r] = overhead.fit_floor(fs, pct)
     rows = []
     for key, claim in (("per_refresh_pct", "SOAP's overhead falls with f (b > 0 in c + b/f, % of a step)"),
                        ("floor_pct", "SOAP's overhead has a nonzero floor (c > 0 in c + b/f, % of a step)")):
