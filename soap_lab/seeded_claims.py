@@ -170,30 +170,26 @@ def batch_claims(df, scale) -> List[Dict[str, Any]]:
         g = df[df["batch_size"] == b]
         return stats.paired_differences(_by_seed(g, "SOAP", ablations.batch_frequency(scale, b)), _by_seed(g, "AdamW"))
 
-    rows, per_batch, saved = [], {}, {}
-    for b in scale.batch_sizes:
-        d = at(b)
-        if d:
-            per_batch[b] = d
-            rows.append(_row(f"SOAP beats AdamW at batch {b} (SOAP − AdamW < 0)", d, "less", baseline=f"batch {b}"))
-    if len(per_batch) >= 2:
-        lo, hi = min(per_batch), max(per_batch)
-        d = stats.paired_differences(per_batch[hi], per_batch[lo])
-        if d:
-            rows.append(_row(f"SOAP's advantage grows with batch size (d({hi}) − d({lo}) < 0, d = SOAP − AdamW)", d,
-                             "less", baseline=f"batch {hi} vs {lo}"))
-    for b in scale.batch_sizes:
-        s = savings(df[df["batch_size"] == b], ablations.batch_frequency(scale, b), "AdamW")
-        if s:
-            saved[b] = s
-            rows.append(_saving_row(f"SOAP needs fewer steps than AdamW at batch {b} (saved > 0)", s, 0.0,
-                                    baseline=f"steps, batch {b}"))
-    if len(saved) >= 2:
-        lo, hi = min(saved), max(saved)
-        d = stats.paired_differences(saved[hi], saved[lo])
-        if d:
-            rows.append(_row(f"SOAP's step saving grows with batch size (saved({hi}) − saved({lo}) > 0)", d,
-                             "greater", baseline=f"steps, batch {hi} vs {lo}"))
+    def growth(per: Dict[int, Dict[int, float]], claim: str, kind: str, prefix: str) -> List[Dict[str, Any]]:
+        """The largest batch's value minus the smallest's, paired by seed (nothing with fewer than 2 batches)."""
+        if len(per) < 2:
+            return []
+        lo, hi = min(per), max(per)
+        d = stats.paired_differences(per[hi], per[lo])
+        return [_row(claim.format(hi=hi, lo=lo), d, kind, baseline=f"{prefix}batch {hi} vs {lo}")] if d else []
+
+    rows: List[Dict[str, Any]] = []
+    per_batch = {b: d for b in scale.batch_sizes if (d := at(b))}
+    rows += [_row(f"SOAP beats AdamW at batch {b} (SOAP − AdamW < 0)", d, "less", baseline=f"batch {b}")
+             for b, d in per_batch.items()]
+    rows += growth(per_batch, "SOAP's advantage grows with batch size (d({hi}) − d({lo}) < 0, d = SOAP − AdamW)",
+                   "less", "")
+    saved = {b: s for b in scale.batch_sizes
+             if (s := savings(df[df["batch_size"] == b], ablations.batch_frequency(scale, b), "AdamW"))}
+    rows += [_saving_row(f"SOAP needs fewer steps than AdamW at batch {b} (saved > 0)", s, 0.0,
+                         baseline=f"steps, batch {b}") for b, s in saved.items()]
+    rows += growth(saved, "SOAP's step saving grows with batch size (saved({hi}) − saved({lo}) > 0)", "greater",
+                   "steps, ")
     if scale.batch_sizes:
         b = min(scale.batch_sizes)
         s = savings(df[df["batch_size"] == b], ablations.batch_frequency(scale, b), "Shampoo")
