@@ -86,6 +86,9 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(seq_len=128, n_layer=4, n_head=4, d_model=96),
     # 1 CPU thread, many seeded runs (scale cpu_freq): ~0.11M params with characters; ~0.03 s per AdamW step at 16 x 64.
     "mini": dict(seq_len=64, n_layer=2, n_head=2, d_model=64),
+    # The width arm of the seeded frequency study: ``mini`` widened, heads of 32 (named <layers>L-d<width>).
+    "2L-d128": dict(seq_len=64, n_layer=2, n_head=4, d_model=128),
+    "2L-d256": dict(seq_len=64, n_layer=2, n_head=8, d_model=256),
     # One GPU: ~25M non-embedding params (+ 2 * vocab * 512 embedding params).
     "gpu": dict(seq_len=512, n_layer=8, n_head=8, d_model=512),
     # The paper's OLMo-style models (seq 1024, head dim 64); names are sizes with the T5 vocab (32100).

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import batches, checkpoint, data, models, results
 from .distributed import any_rank, init_distributed_for, resolve_device
-from .optim import build_optimizer
+from .optim import build_optimizer, takes_named_parameters
 from .provenance import environment_info, git_info, now_iso
 from .schedule import lr_at
 # The config is part of this module's API (``train(TrainConfig)``).
@@ -184,7 +184,8 @@ def train(config: TrainConfig) -> RunResult:
 
         optimizer = build_zero_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
     else:
-        optimizer = build_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
+        params = model.named_parameters() if takes_named_parameters(config.optimizer) else model.parameters()
+        optimizer = build_optimizer(config.optimizer, params, **optimizer_kwargs(config))
 
     # The sampler's batch_size is per rank; together the ranks draw the same global batch as one process.
     sampler = batches.BatchSampler(
@@ -240,8 +241,8 @@ def train(config: TrainConfig) -> RunResult:
             _sync(device)
             t0 = time.perf_counter()
             lr = lr_at(step, steps, config.lr, warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for group in optimizer.param_groups:  # lr_scale: a composite's second lr (muon's AdamW part)
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             loss_sum = torch.zeros((), device=device)
             for micro in range(config.grad_accum):
                 x, y = sampler.next()

@@ -129,7 +129,7 @@ def test_gpt_config_errors_and_overrides():
         gpt_config("tiny", 100, n_head=3)
     cfg = gpt_config("cpu", 100, n_layer=2, dropout=0.1)
     assert (cfg.n_layer, cfg.dropout, cfg.d_model) == (2, 0.1, PRESETS["cpu"]["d_model"])
-    assert set(PRESETS) == {"tiny", "cpu", "mini", "gpu", "210m", "360m", "660m"}
+    assert set(PRESETS) == {"tiny", "cpu", "mini", "2L-d128", "2L-d256", "gpu", "210m", "360m", "660m"}
 
 
 def test_training_reduces_loss_tiny():

@@ -5,13 +5,16 @@ import pytest
 import torch
 
 from soap_lab import SOAP
-from soap_lab.optim import OPTIMIZERS, build_optimizer, takes_frequency
+from soap_lab.optim import OPTIMIZERS, build_optimizer, takes_frequency, takes_named_parameters
 from soap_lab.train_config import TAKES_FREQUENCY
 
 
 def test_every_name_builds_and_variants_carry_their_keywords():
     for name in OPTIMIZERS:
-        opt = build_optimizer(name, [torch.nn.Parameter(torch.zeros(3, 2))], lr=1e-3)
+        params = [torch.nn.Parameter(torch.zeros(3, 2))]
+        if takes_named_parameters(name):
+            params = [("w", params[0])]
+        opt = build_optimizer(name, params, lr=1e-3)
         assert opt.param_groups[0]["lr"] == 1e-3
     opt = build_optimizer("soap_factorized_one_sided", [torch.nn.Parameter(torch.zeros(3, 2))], lr=1e-3)
     assert isinstance(opt, SOAP)
@@ -19,7 +22,7 @@ def test_every_name_builds_and_variants_carry_their_keywords():
 
 
 def test_takes_frequency_is_read_off_the_signatures():
-    assert set(TAKES_FREQUENCY) == set(OPTIMIZERS) - {"adamw", "adafactor"}
+    assert set(TAKES_FREQUENCY) == set(OPTIMIZERS) - {"adamw", "adafactor", "muon"}
     assert not takes_frequency("adamw") and takes_frequency("soap_one_sided")
     with pytest.raises(ValueError, match="unknown optimizer"):
         takes_frequency("lion")

@@ -2,7 +2,8 @@
 
 Names (the paper's optimizers and SOAP variants):
   adamw, adafactor, shampoo, eigen_adafactor, soap, soap_factorized, soap_one_sided,
-  soap_factorized_one_sided.
+  soap_factorized_one_sided; and muon (torch's Muon on hidden matrices + AdamW on the rest, a baseline the
+  paper predates).
 
 Under torch.distributed, :mod:`soap_lab.optim.zero` runs any of them with ZeRO-1 (each rank keeps and steps its
 share of the state), partitioned by the step-cost model of :mod:`soap_lab.optim.cost`.
@@ -23,6 +24,7 @@ OPTIMIZERS = (
     "soap_factorized",
     "soap_one_sided",
     "soap_factorized_one_sided",
+    "muon",
 )
 
 
@@ -30,6 +32,7 @@ def _registry() -> Dict[str, Tuple[type, Dict[str, Any]]]:
     """name -> (optimizer class, keywords that define the variant)."""
     # Imported lazily so that `soap_lab.optim` stays importable while modules are added.
     from .adafactor import Adafactor, EigenAdafactor
+    from .muon import MuonAdamW
     from .shampoo import Shampoo
     from .soap import SOAP
 
@@ -42,6 +45,7 @@ def _registry() -> Dict[str, Tuple[type, Dict[str, Any]]]:
         "soap_factorized": (SOAP, {"factorized": True}),
         "soap_one_sided": (SOAP, {"one_sided": True}),
         "soap_factorized_one_sided": (SOAP, {"factorized": True, "one_sided": True}),
+        "muon": (MuonAdamW, {}),
     }
 
 
@@ -59,6 +63,13 @@ def default_frequency(name: str) -> int:
         raise ValueError(f"optimizer {name!r} takes no precondition_frequency")
     cls, _ = _registry()[name]
     return int(inspect.signature(cls.__init__).parameters["precondition_frequency"].default)
+
+
+def takes_named_parameters(name: str) -> bool:
+    """True if optimizer ``name`` is built from ``model.named_parameters()`` (its split depends on names: muon)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    return bool(getattr(_registry()[name][0], "takes_named_parameters", False))
 
 
 def keywords(name: str) -> Tuple[str, ...]:

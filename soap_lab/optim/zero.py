@@ -136,6 +136,9 @@ def build_zero_optimizer(name: str, params: Iterable[Any], *, balance: str = "co
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
     cls, variant = _registry()[name]
+    if getattr(cls, "takes_named_parameters", False):
+        raise ValueError(f"optimizer {name!r} is a composite of two torch optimizers and has no ZeRO-1 form here; "
+                         "run it without zero")
     return ZeroOptimizer(params, cls, balance=balance, **variant, **hparams)
 
 
