@@ -3,7 +3,7 @@
 Every experiment of one scale shares one run pool, ``data/runs/paper_<scale>/``: a run needed by several
 figures (e.g. SOAP at f=10 and the tuned learning rate is in the frequency ablation, the comparison, the
 variants and the batch-size study) is trained once. Each function returns the configs of one study; the
-sweep engine (:func:`soap_lab.sweep.run_sweep`) skips runs whose record exists, so every study resumes.
+sweep engine (:func:`soap_lab.records.sweep.run_sweep`) skips runs whose record exists, so every study resumes.
 
 Protocol (as the paper, scaled down): the learning rate of each optimizer is tuned by a small sweep at f=10
 (``lr_sweep``); every other study uses the tuned value. β1 = β2 = 0.95. Shampoo is the paper's baseline
@@ -22,9 +22,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import results, sweep
+from .records import store, sweep
 from .optim import takes_frequency
-from .train_config import TrainConfig
+from .train.config import TrainConfig
 
 #: The studies of the paper's figures (each has a notebook).
 STUDIES = ("lr_sweep", "frequency", "comparison", "batch_size", "variants")
@@ -57,7 +57,7 @@ class Scale:
 
     name: str = "cpu"
     preset: str = "cpu"
-    """Model preset (``soap_lab.models.PRESETS``)."""
+    """Model preset (``soap_lab.train.models.PRESETS``)."""
     tokenizer: str = "char"
     batch_size: int = 32
     """Sequences per step at the reference batch (the preset's seq_len tokens each)."""
@@ -157,7 +157,7 @@ def _config(scale: Scale, root: Optional[str], optimizer: str, lr: float, **fiel
 
 def label(config: Any) -> str:
     """Name of a run's optimizer for legends: ``SOAP (eigh)``, ``Shampoo``, ``AdamW``, ``SOAP factorized``..."""
-    d = results.config_dict(config)
+    d = store.config_dict(config)
     name = d["optimizer"]
     pretty = {"adamw": "AdamW", "shampoo": "Shampoo", "adafactor": "Adafactor", "eigen_adafactor": "EigenAdafactor",
               "soap": "SOAP", "soap_factorized": "SOAP factorized", "soap_one_sided": "SOAP one-sided",
@@ -186,14 +186,14 @@ def tuned_lr(optimizer: str, scale: Scale, root: Optional[str] = None) -> float:
     for cfg in lr_sweep(scale, root):
         if cfg.optimizer != tuned:
             continue
-        path = results.record_path(cfg)
+        path = store.record_path(cfg)
         if not path.exists():
             raise MissingResults(
                 f"the learning-rate sweep for {tuned} at scale {scale.name!r} is not finished ({path.name} missing): "
                 f"run `python -m soap_lab ablations --scale {scale.name} --study lr_sweep` (or `make ablations SCALE={scale.name}`)")
         try:
-            rec = results.read_complete_record(path)
-        except results.CorruptRecord as e:
+            rec = store.read_complete_record(path)
+        except store.CorruptRecord as e:
             raise CorruptResults(f"cannot tune the lr of {tuned} at scale {scale.name!r}: {e} "
                                  f"(delete it and rerun the lr_sweep study)") from None
         losses.setdefault(cfg.lr, []).append(rec["summary"].get("final_val_loss"))
@@ -317,7 +317,7 @@ def seeded_others(scale: Scale, root: Optional[str] = None) -> List[Any]:
     out, seen = [], set()
     for c in (variants(scale, root) + frequency(scale, root) + comparison(scale, root) + lr_check
               + batch_size(scale, root) + batch_efficiency(scale, root)):
-        rid = results.run_id(c)
+        rid = store.run_id(c)
         if rid not in seen:
             seen.add(rid)
             out.append(c)

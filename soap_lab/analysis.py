@@ -1,11 +1,11 @@
 """Tables behind the figures: the runs of each study, read from stored run records, and the derived numbers.
 
-Everything here reads only what ``soap_lab.results`` stored (``load`` / ``curves``); nothing trains. Which
+Everything here reads only what ``soap_lab.records.store`` stored (``load`` / ``curves``); nothing trains. Which
 records belong to a study is decided by the study's configs (``soap_lab.ablations.configs``), so a figure
 never picks up an unrelated run from the shared pool ``data/runs/paper_<scale>/``.
 
 The data sets of the equivalence notebook that are not training runs (Claim 1 and the gap along a training
-trajectory) are computed by :mod:`soap_lab.claim1` and stored under ``data/equivalence/`` (:mod:`soap_lab.stored`).
+trajectory) are computed by :mod:`soap_lab.equivalence.experiments` and stored under ``data/equivalence/`` (:mod:`soap_lab.records.datasets`).
 pandas is imported only where a DataFrame is built.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import ablations, efficiency, results
+from . import ablations, efficiency
+from .records import store
 from . import step_times as stt
 
 __all__ = [
@@ -40,7 +41,7 @@ class StudyData:
 
     study: str
     scale: Any  # soap_lab.ablations.Scale
-    runs: Any  # DataFrame: one row per stored run of the study (results.load columns + label, f)
+    runs: Any  # DataFrame: one row per stored run of the study (store.load columns + label, f)
     expected: List[str]
     """Run ids the study consists of."""
     missing: List[str]
@@ -53,9 +54,9 @@ class StudyData:
         return not self.missing
 
     def curves(self, which: str = "val"):
-        """Per-step curves of the study's runs (``results.curves``), with ``label`` and ``f`` columns."""
+        """Per-step curves of the study's runs (``store.curves``), with ``label`` and ``f`` columns."""
         if which not in self._curves:
-            df = results.curves(self.scale.experiment, self.root, which=which)
+            df = store.curves(self.scale.experiment, self.root, which=which)
             if len(df):  # matched on the config hash, then named by today's run ids (as ``runs`` is)
                 df = df[df["run_key"].isin(self.runs["run_key"])].drop(columns="run_id")
                 df = df.merge(self.runs[["run_key", "run_id", "label", "f"]], on="run_key", how="left")
@@ -92,10 +93,10 @@ def study_data(study: str, scale, root: Optional[Path] = None, frame=None) -> St
     import pandas as pd
 
     cfgs = ablations.configs(study, scale, root)
-    ids = [results.run_id(c) for c in cfgs]
-    labels = {results.run_id(c): ablations.label(c) for c in cfgs}
-    by_key = {results.run_key(rid): rid for rid in ids}
-    df = frame if frame is not None else results.load(scale.experiment, root)
+    ids = [store.run_id(c) for c in cfgs]
+    labels = {store.run_id(c): ablations.label(c) for c in cfgs}
+    by_key = {store.run_key(rid): rid for rid in ids}
+    df = frame if frame is not None else store.load(scale.experiment, root)
     if len(df):  # matched on the config hash: records named under the older scheme count as the same runs
         df = df[df["run_key"].isin(by_key)].copy()
         df["run_id"] = df["run_key"].map(by_key)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import sys
 from typing import Any, List, Optional, Sequence
 
-from . import ablations, sweep
+from . import ablations
+from .records import sweep
 
 __all__ = ["ARMS", "order_for_training", "run"]
 

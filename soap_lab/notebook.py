@@ -4,7 +4,7 @@ the study trained (or checked to be stored), and the interactive Claim 1 widget.
 :func:`notebook_scale` validates a notebook's parameters cell (papermill passes lists and mappings as text) and
 raises a one-line :class:`~soap_lab.params.ParameterError`; :func:`equivalence_params` does the same for the
 equivalence notebook. :func:`run_study` trains the missing runs of a study, or checks they exist, and returns
-its ``analysis.StudyData``. :func:`claim1_widget` puts sliders over ``claim1.claim1_study``.
+its ``analysis.StudyData``. :func:`claim1_widget` puts sliders over ``experiments.claim1_study``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-from . import ablations, analysis, claim1, results, sweep
+from . import ablations, analysis
+from .equivalence import experiments
+from .records import store, sweep
 from . import params as P
 from .params import ParameterError
 
@@ -23,8 +25,8 @@ __all__ = ["notebook_scale", "check_device", "run_study", "equivalence_params", 
 
 def _scale_field_checks() -> Dict[str, Callable[[str, Any], Any]]:
     """How each ``Scale`` field given in ``scale_overrides`` is checked (and coerced from papermill's text)."""
-    from .data import TOKENIZERS
-    from .models import PRESETS
+    from .train.data import TOKENIZERS
+    from .train.models import PRESETS
 
     def one_of(allowed):
         def check(name, v):
@@ -161,10 +163,10 @@ def run_study(study: str, sc, results_root=None, shard: Optional[str] = None, tr
     try:
         sd = analysis.study_data(study, sc, root)
     except ablations.MissingResults as e:
-        raise ablations.MissingResults(f"{e} [results root: {results.runs_root(root)}]") from None
+        raise ablations.MissingResults(f"{e} [results root: {store.runs_root(root)}]") from None
     if not len(sd.runs):
         raise ablations.MissingResults(
-            f"no results for study {study!r} at scale {sc.name!r} under {results.runs_root(root) / sc.experiment}: "
+            f"no results for study {study!r} at scale {sc.name!r} under {store.runs_root(root) / sc.experiment}: "
             f"run `make ablations SCALE={sc.name}` (or set train=True)")
     if sd.missing and log:
         log(f"{study}: {len(sd.missing)} of {len(sd.expected)} runs not stored yet"
@@ -177,7 +179,7 @@ def equivalence_params(m: int, n: int, condition: float, n_batches: int, exponen
                        gap_problems: Sequence[str], gap_steps: int, gpt_preset: str) -> Tuple[Any, ...]:
     """Check the equivalence notebook's parameters and return them coerced (papermill passes lists as text), in
     the order given; a bad one raises a one-line ParameterError."""
-    from .models import PRESETS
+    from .train.models import PRESETS
 
     m, n = P.integer("m", m, 2), P.integer("n", n, 2)
     condition = P.number("condition", condition, 1.0)
@@ -207,13 +209,13 @@ EXPONENT_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(19))
 
 
 def claim1_cache(n_batches: int = 64, max_staleness: int = 40):
-    """``study(m, n, condition, exponent)``: ``claim1.claim1_study`` on :data:`EXPONENT_GRID` (plus
+    """``study(m, n, condition, exponent)``: ``experiments.claim1_study`` on :data:`EXPONENT_GRID` (plus
     ``exponent`` if it is off the grid), cached: only a new shape or conditioning recomputes it; the exponent and
     staleness sliders then only redraw."""
     @functools.lru_cache(maxsize=32)
     def cached(m: int, n: int, condition: float, extra: Optional[float]):
         exps = sorted({*EXPONENT_GRID, *((extra,) if extra is not None else ())})
-        return claim1.claim1_study(m=m, n=n, condition=condition, n_batches=n_batches, exponents=exps,
+        return experiments.claim1_study(m=m, n=n, condition=condition, n_batches=n_batches, exponents=exps,
                                      max_staleness=max_staleness)
 
     def study(m: int, n: int, condition: float, exponent: float):
@@ -228,7 +230,7 @@ def claim1_widget(m: int = 16, n: int = 12, condition: float = 100.0, exponent: 
                   max_staleness: int = 40, n_batches: int = 64):
     """Sliders (ipywidgets) over Claim 1 on the teaching problem: shape, conditioning, exponent, staleness.
 
-    A new shape or conditioning recomputes ``claim1.claim1_study`` (float64, about half a second at the
+    A new shape or conditioning recomputes ``experiments.claim1_study`` (float64, about half a second at the
     defaults); the exponent and staleness sliders only redraw ``plot_equivalence.plot_claim1`` with the chosen values
     circled (:func:`claim1_cache`). Needs a live Jupyter kernel.
     """

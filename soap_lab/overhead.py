@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import results, stored
-from .provenance import provenance
+from .records import store, datasets
+from .records.provenance import provenance
 
 __all__ = ["default_path", "model_shapes", "timing_study", "run", "fit_floor", "per_round", "round_fits"]
 
@@ -34,12 +34,12 @@ def default_path(scale_name: str) -> Path:
     """``<repo>/data/overhead/overhead_<scale>.json`` for a registered scale; an overridden scale
     (``<name>-<hash>``, ``ablations.get_scale``) goes to ``<repo>/out/overhead/`` (git-ignored)."""
     if "-" in scale_name:
-        return results.REPO_ROOT / "out" / "overhead" / f"overhead_{scale_name}.json"
-    return stored.OVERHEAD_DIR / f"overhead_{scale_name}.json"
+        return store.REPO_ROOT / "out" / "overhead" / f"overhead_{scale_name}.json"
+    return datasets.OVERHEAD_DIR / f"overhead_{scale_name}.json"
 
 
 def _model(scale, device):
-    from . import data, models
+    from .train import data, models
 
     tok = data.get_tokenizer(scale.tokenizer, "austen")
     cfg = models.gpt_config(scale.preset, tok.vocab_size)
@@ -260,4 +260,4 @@ def run(scale: Any = "cpu", path: Optional[os.PathLike] = None, **kw: Any) -> Pa
     """Run :func:`timing_study` and store it as JSON (default ``data/overhead/overhead_<scale>.json``)."""
     data = timing_study(scale, **kw)
     out = Path(path) if path is not None else default_path(data["params"]["scale"])
-    return stored.save_json(data, out)
+    return datasets.save_json(data, out)

@@ -1,5 +1,5 @@
 """The equivalence figures: Claim 1 on the teaching problem and what breaks it, and the measured gap to the
-idealized update along training (data computed by :mod:`soap_lab.claim1`, stored under ``data/equivalence/``).
+idealized update along training (data computed by :mod:`soap_lab.equivalence.experiments`, stored under ``data/equivalence/``).
 """
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any, Mapping, Optional
 
 import matplotlib.pyplot as plt
 
-from . import ablations, stored
+from . import ablations
+from .records import datasets
 from .plotting import color, footer, save, style
 
 __all__ = ["plot_claim1", "plot_gap"]
@@ -76,7 +77,7 @@ def plot_claim1(d: Mapping[str, Any], figures_dir=None, name: str = "equivalence
         ax.set_ylim(1e-17, 3)
         p = d["params"]
         prov = d.get("provenance", {})
-        footer(fig, [f"teaching problem (soap_lab.models.anisotropic_regression): one {p['m']}×{p['n']} layer, condition "
+        footer(fig, [f"teaching problem (soap_lab.train.models.anisotropic_regression): one {p['m']}×{p['n']} layer, condition "
                       f"{p['condition']:g}, label noise {p['noise']}, L = E[GGᵀ], R = E[GᵀG] over {p['n_batches']} minibatch "
                       f"gradients, float64; stale bases along an Adam trajectory (lr {p['trajectory_lr']})"
                       + (f" · device {prov.get('device', {}).get('type', 'cpu')}: {prov.get('device', {}).get('name', '?')}" if prov else "")])
@@ -93,7 +94,7 @@ def plot_gap(d: Mapping[str, Any], figures_dir=None, name: str = "equivalence_ga
     Not in the paper: it shows how far the practical algorithm (a basis frozen between refreshes, statistics
     accumulated across bases) is from the identity of Claim 1 (which holds to round-off in a fresh basis).
     """
-    df = stored.table(d)
+    df = datasets.table(d)
     if not len(df):
         raise ablations.MissingResults("the gap trajectory has no rows")
     df = df[df["period"] > 0]  # the first basis is built from a single gradient

@@ -14,13 +14,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import ablations, claim1, overhead, results, stored
+from . import ablations, overhead
+from .equivalence import experiments
+from .records import store, datasets
 from .notebook import run_study
-from .provenance import provenance
+from .records.provenance import provenance
 
 __all__ = ["NOTEBOOKS_DIR", "EXECUTED_DIR", "STUDY_NOTEBOOKS", "run_ablations"]
 
-NOTEBOOKS_DIR = results.REPO_ROOT / "notebooks"
+NOTEBOOKS_DIR = store.REPO_ROOT / "notebooks"
 EXECUTED_DIR = NOTEBOOKS_DIR / "executed"
 
 #: study -> notebook that runs it (in the order ``make ablations`` runs them)
@@ -36,12 +38,12 @@ STUDY_NOTEBOOKS: Dict[str, str] = {
 
 
 def _equivalence_direct(data_dir: Optional[Path], log) -> List[Path]:
-    d = Path(data_dir) if data_dir is not None else stored.EQUIVALENCE_DIR
-    c = claim1.claim1_study()
+    d = Path(data_dir) if data_dir is not None else datasets.EQUIVALENCE_DIR
+    c = experiments.claim1_study()
     c["provenance"] = provenance()
-    g = claim1.gap_trajectory()
+    g = experiments.gap_trajectory()
     g["provenance"] = provenance()
-    paths = [stored.save_json(c, d / stored.CLAIM1_FILE), stored.save_json(g, d / stored.GAP_FILE)]
+    paths = [datasets.save_json(c, d / datasets.CLAIM1_FILE), datasets.save_json(g, d / datasets.GAP_FILE)]
     if log:
         log(f"equivalence: wrote {paths[0]} and {paths[1]}")
     return paths

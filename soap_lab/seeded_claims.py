@@ -279,10 +279,11 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
 
 def timing(scale) -> Optional[Dict[str, Any]]:
     """The stored timing study of ``scale`` (``data/overhead/overhead_<scale>.json``), or None."""
-    from . import overhead, results
+    from . import overhead
+    from .records import store
 
     path = overhead.default_path(scale.name)
-    return results.read_record(path) if path.is_file() else None
+    return store.read_record(path) if path.is_file() else None
 
 
 def report(scale, root=None) -> str:

@@ -11,6 +11,10 @@ from the interval alone (:func:`verdict`):
 - ``"inconclusive at this power"``: the interval straddles the boundary (more seeds would be needed), or there
   are fewer than 2 seeds.
 
+A study states each claim as a row (:func:`claim`: the per-seed values, mean, interval, n and verdict); a family
+of claims tested together (the same claim at several f) gets Holm's step-down correction (:func:`holm`), and a
+trend across a covariate (width) a per-seed slope (:func:`slope`).
+
 scipy (a dependency) gives the t quantiles. Nothing here reads records or draws.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
 __all__ = ["Interval", "paired_differences", "mean_interval", "bootstrap_interval", "verdict", "VERDICTS",
-           "format_interval"]
+           "format_interval", "claim", "holm", "slope"]
 
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive at this power"
 VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE)
@@ -131,3 +135,76 @@ def format_interval(iv: Interval, digits: int = 3) -> str:
         return f"{iv.mean:+.{digits}f} (n = 1, no interval)"
     return (f"{iv.mean:+.{digits}f} ± {iv.half_width:.{digits}f} ({100 * iv.level:.0f}% CI "
             f"[{iv.low:+.{digits}f}, {iv.high:+.{digits}f}], n = {iv.n})")
+
+
+def claim(text: str, values: Mapping[int, float], kind: str = "less", margin: float = 0.0, level: float = 0.95,
+          **keys) -> Dict[str, object]:
+    """One claim as a row: ``values`` ``{seed: per-seed difference}`` summarised by :func:`mean_interval`, judged by
+    :func:`verdict` on ``kind`` ("less", "greater", "equal") and ``margin``; ``keys`` (e.g. ``f=10``,
+    ``baseline="AdamW"``) are kept. Keys of a row: claim, mean, low, high, n, values, seeds, kind, margin, verdict."""
+    iv = mean_interval(list(values.values()), level)
+    return {"claim": text, **keys, "n": iv.n, "mean": iv.mean, "low": iv.low, "high": iv.high, "values": iv.values,
+            "seeds": list(values), "kind": kind, "margin": margin, "verdict": verdict(iv, kind, margin)}
+
+
+def _p_value(row: Mapping[str, object]) -> float:
+    """Two-sided t-test p-value of the row's mean against its boundary (−margin for "less", +margin for "greater")."""
+    from scipy import stats as st
+
+    vals = [float(v) for v in row["values"]]  # type: ignore[union-attr]
+    n = len(vals)
+    if n < 2:
+        return 1.0
+    bound = -float(row["margin"]) if row["kind"] == "less" else float(row["margin"])  # type: ignore[arg-type]
+    mean = sum(vals) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    if sd == 0:
+        return 0.0 if mean != bound else 1.0
+    return float(2 * st.t.sf(abs(mean - bound) / (sd / math.sqrt(n)), n - 1))
+
+
+def holm(rows: Sequence[Mapping[str, object]], level: float = 0.95) -> List[Dict[str, object]]:
+    """Holm's step-down correction over a family of "less"/"greater" claims: each row gets ``p`` (two-sided t-test
+    against its boundary), ``holm_alpha`` (the level its p is compared with) and ``holm_verdict``: reproduced or
+    contradicted (by the side of the mean) where Holm rejects the boundary, else inconclusive at this power.
+
+    Without correction a row's verdict is the same test at α = 1 − ``level`` (its interval excludes the boundary
+    exactly when p < α); Holm compares the k-th smallest of m p-values with α / (m − k + 1) and stops at the first
+    that fails, so the family's chance of any false verdict stays ≤ α."""
+    if any(r["kind"] not in ("less", "greater") for r in rows):
+        raise ValueError("holm: only 'less' and 'greater' claims form a family here")
+    alpha = 1 - level
+    out = [dict(r) for r in rows]
+    for r in out:
+        r["p"] = _p_value(r)
+    order = sorted(range(len(out)), key=lambda i: out[i]["p"])
+    rejecting = True
+    for k, i in enumerate(order):
+        r = out[i]
+        r["holm_alpha"] = alpha / (len(out) - k)
+        rejecting = rejecting and r["n"] >= 2 and r["p"] < r["holm_alpha"]  # type: ignore[operator]
+        if not rejecting:
+            r["holm_verdict"] = INCONCLUSIVE
+            continue
+        bound = -float(r["margin"]) if r["kind"] == "less" else float(r["margin"])  # type: ignore[arg-type]
+        on_side = r["mean"] < bound if r["kind"] == "less" else r["mean"] > bound  # type: ignore[operator]
+        r["holm_verdict"] = REPRODUCED if on_side else CONTRADICTED
+    return out
+
+
+def slope(x: Sequence[float], per_seed: Mapping[int, Sequence[float]], level: float = 0.95) -> Interval:
+    """The trend of a per-seed quantity across a covariate: each seed's least-squares slope of its values on ``x``
+    (seeds missing a value are left out), then :func:`mean_interval` over the seeds' slopes."""
+    xs = [float(v) for v in x]
+    if len(xs) < 2:
+        raise ValueError("slope: need at least two covariate values")
+    mx = sum(xs) / len(xs)
+    sxx = sum((v - mx) ** 2 for v in xs)
+    slopes = []
+    for s in sorted(per_seed):
+        ys = [float(v) for v in per_seed[s]]
+        if len(ys) != len(xs) or not all(math.isfinite(v) for v in ys):
+            continue
+        my = sum(ys) / len(ys)
+        slopes.append(sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sxx)
+    return mean_interval(slopes, level)

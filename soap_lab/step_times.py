@@ -40,10 +40,11 @@ class WallclockSaving:
 def pool_step_times(sd, label: str, batch_size: int, frequency: Optional[int] = None) -> Optional[StepTimes]:
     """Step times of every run labelled ``label`` at ``batch_size`` (and, for optimizers that take one, at
     ``frequency``) in the pool of ``sd`` (an ``analysis.StudyData``), not only the study's runs; None when none."""
-    from . import ablations, results
+    from . import ablations
+    from .records import store
 
-    frame = results.load(sd.scale.experiment, sd.root)
-    curves = results.curves(sd.scale.experiment, sd.root, which="train", with_config=False)
+    frame = store.load(sd.scale.experiment, sd.root)
+    curves = store.curves(sd.scale.experiment, sd.root, which="train", with_config=False)
     if not len(frame) or not len(curves):
         return None
     refresh = frame["hparams.refresh"] if "hparams.refresh" in frame else [None] * len(frame)

@@ -3,14 +3,14 @@
 One training run = one JSON record at ``<root>/<experiment>/<run_id>.json`` (``root`` defaults to
 ``<repo>/data/runs``). The ``run_id`` is a readable, deterministic function of the run's config
 (``soap_f10_lr0.01_bs16_s0_budget1.0_3f2a9c1e``: optimizer, preconditioning frequency, refresh where set, lr,
-batch size, seed, budget fraction, then a short hash of the whole config, which alone identifies the run), so a sweep (:mod:`soap_lab.sweep`) can skip every run whose record
+batch size, seed, budget fraction, then a short hash of the whole config, which alone identifies the run), so a sweep (:mod:`soap_lab.records.sweep`) can skip every run whose record
 already exists: an interrupted sweep resumes where it stopped and nothing finished is recomputed. Records are
 written atomically (a temporary file in the same directory, then ``os.replace``), so a killed process never
 leaves a half-written record behind.
 
 ``load(experiment)`` reads the records back as a pandas DataFrame (one row per run: flattened config and
 summary metrics); ``curves(experiment)`` gives the per-step curves in long format. Where a record's provenance
-comes from: :mod:`soap_lab.provenance`.
+comes from: :mod:`soap_lab.records.provenance`.
 
 This module imports neither torch nor pandas at import time (plotting code reads results without them).
 """
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUNS_ROOT = REPO_ROOT / "data" / "runs"
 
 # Config fields that do not change what a run computes (where it is written, whether a bar is drawn).
@@ -179,6 +179,14 @@ def write_json_atomic(obj: Any, path: os.PathLike) -> Path:
 
 class CorruptRecord(ValueError):
     """A stored JSON file that cannot be used; the message is one line naming the file and what is wrong."""
+
+
+class MissingResults(RuntimeError):
+    """Results a study or figure needs are not stored yet (the message names the command that produces them)."""
+
+
+class CorruptResults(MissingResults):
+    """A record a study needs is stored but corrupt or incomplete (the message names the file)."""
 
 
 def read_record(path: os.PathLike) -> Dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The paper's setup (Vyas et al. 2024, section 3) is the default: β1 = β2 = 0.95, linear warmup then cosine decay,
 gradient clipping at 1.0; ``budget_fraction`` shortens a run *and its schedule* (the efficiency protocol). The
-run id of a config (``soap_lab.results.run_id``) hashes its fields, so fields added later default to ``None``.
+run id of a config (``soap_lab.records.store.run_id``) hashes its fields, so fields added later default to ``None``.
 Which optimizers take a preconditioning frequency is read off the optimizers (``soap_lab.optim.takes_frequency``).
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .optim import OPTIMIZERS, default_frequency, takes_frequency
-from .optim import keywords as optimizer_keywords
+from ..optim import OPTIMIZERS, default_frequency, takes_frequency
+from ..optim import keywords as optimizer_keywords
 from .schedule import warmup_steps_for
 
 __all__ = [
@@ -63,15 +63,15 @@ class TrainConfig:
     hparams: Dict[str, Any] = field(default_factory=dict)
     """Other optimizer keywords, passed as is (``refresh``, ``max_precond_dim``, ``shampoo_beta``, ...)."""
     preset: str = "tiny"
-    """Model size, a key of ``soap_lab.models.PRESETS`` (tiny, cpu, gpu, 210m, 360m, 660m)."""
+    """Model size, a key of ``soap_lab.train.models.PRESETS`` (tiny, cpu, gpu, 210m, 360m, 660m)."""
     model_overrides: Dict[str, Any] = field(default_factory=dict)
     """``GPTConfig`` fields that override the preset's."""
     corpus: str = "austen"
     """A shipped corpus (austen, shakespeare), a path to a UTF-8 text file, or ``hf:NAME_OR_PATH`` (a Hugging
-    Face ``datasets`` dataset's ``text`` field); see ``soap_lab.data.check_corpus``. Split 90/10 into
+    Face ``datasets`` dataset's ``text`` field); see ``soap_lab.train.data.check_corpus``. Split 90/10 into
     train/val; the tokenizer (char or BPE) is built from its text."""
     tokenizer: str = "char"
-    """Tokenizer kind for ``soap_lab.data.get_tokenizer``."""
+    """Tokenizer kind for ``soap_lab.train.data.get_tokenizer``."""
     vocab_size: int = 4096
     """Vocabulary size of trained tokenizers (ignored by the char tokenizer)."""
     batch_size: int = 32
@@ -105,7 +105,7 @@ class TrainConfig:
     not part of the run id; ``None`` or False: every rank runs the whole optimizer."""
     checkpoint_every: Optional[int] = None
     """Write a checkpoint beside the record every this many steps, and on SIGINT/SIGTERM, so that rerunning the
-    same command resumes the run (:mod:`soap_lab.checkpoint`); ``None``: every 100 steps; 0: only on a signal.
+    same command resumes the run (:mod:`soap_lab.train.checkpoint`); ``None``: every 100 steps; 0: only on a signal.
     Not part of the run id (it does not change the result)."""
     eval_every: int = 50
     """Validation every this many steps (and always after the last step); 0: only at the end."""
@@ -138,6 +138,19 @@ class TrainConfig:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
 
+    def _check_optimizer_values(self) -> None:
+        """Build the optimizer on one small parameter, so that a bad value (``exponent=abc``, ``eps=-1``) stops
+        here in one line, before any data is loaded or a step is taken."""
+        from ..optim import build_optimizer, takes_named_parameters
+
+        w = torch.nn.Parameter(torch.zeros(2, 2))
+        try:
+            build_optimizer(self.optimizer, [("w", w)] if takes_named_parameters(self.optimizer) else [w],
+                            **optimizer_kwargs(self))
+        except (TypeError, ValueError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"optimizer {self.optimizer!r} rejects its values ({', '.join(f'{k}={v!r}' for k, v in self.hparams.items()) or 'lr, betas, eps'}): {msg}") from None
+
     def validate(self) -> None:
         """Raise ValueError (listing the allowed values) for a config that cannot run."""
         if self.optimizer not in OPTIMIZERS:
@@ -154,6 +167,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"optimizer {self.optimizer!r} takes no keyword {', '.join(unknown)}; "
                              f"its keywords: {', '.join(optimizer_keywords(self.optimizer))}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        self._check_optimizer_values()
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} asked for but CUDA is not available here; allowed: auto, cpu")
         presets = preset_names()
@@ -209,7 +225,7 @@ class TrainConfig:
 
 
 def preset_names() -> Optional[Tuple[str, ...]]:
-    """The model presets (``soap_lab.models.PRESETS``), or None where the models module cannot be imported."""
+    """The model presets (``soap_lab.train.models.PRESETS``), or None where the models module cannot be imported."""
     try:
         from .models import PRESETS
     except ImportError:

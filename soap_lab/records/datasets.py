@@ -1,7 +1,7 @@
 """Stored data sets that are not run records: the equivalence studies (``data/equivalence/*.json``, computed by
-:mod:`soap_lab.claim1`) and the timing studies (``data/overhead/overhead_<scale>.json``, :mod:`soap_lab.overhead`).
+:mod:`soap_lab.equivalence.experiments`) and the timing studies (``data/overhead/overhead_<scale>.json``, :mod:`soap_lab.overhead`).
 
-Each is one JSON object with its provenance (:func:`soap_lab.provenance.provenance`), written atomically
+Each is one JSON object with its provenance (:func:`soap_lab.records.provenance.provenance`), written atomically
 with one top-level key per line so that a rerun diffs by key; a table inside it is column-oriented.
 """
 from __future__ import annotations
@@ -12,12 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
-from . import ablations, results
+from .. import ablations
+from . import store
 
 __all__ = ["EQUIVALENCE_DIR", "OVERHEAD_DIR", "CLAIM1_FILE", "GAP_FILE", "save_json", "load_json", "table"]
 
-EQUIVALENCE_DIR = results.REPO_ROOT / "data" / "equivalence"
-OVERHEAD_DIR = results.REPO_ROOT / "data" / "overhead"
+EQUIVALENCE_DIR = store.REPO_ROOT / "data" / "equivalence"
+OVERHEAD_DIR = store.REPO_ROOT / "data" / "overhead"
 #: The equivalence data sets under :data:`EQUIVALENCE_DIR`: ``claim1.claim1_study`` and ``claim1.gap_trajectory``.
 CLAIM1_FILE = "claim1.json"
 GAP_FILE = "gap_trajectory.json"
@@ -27,7 +28,7 @@ def save_json(data: Mapping[str, Any], path) -> Path:
     """Write a data set atomically as compact JSON (one top-level key per line; NaN/inf as null)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = ",\n".join(f" {json.dumps(k)}: {json.dumps(results.json_ready(v), separators=(',', ':'), allow_nan=False, ensure_ascii=False)}"
+    body = ",\n".join(f" {json.dumps(k)}: {json.dumps(store.json_ready(v), separators=(',', ':'), allow_nan=False, ensure_ascii=False)}"
                       for k, v in data.items())
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -60,4 +61,4 @@ def load_json(path, what: str = "data", make_hint: str = "make ablations SCALE=c
     path = Path(path)
     if not path.is_file():
         raise ablations.MissingResults(f"no {what} at {path}: run `{make_hint}`")
-    return results.read_record(path)
+    return store.read_record(path)

@@ -1,4 +1,4 @@
-"""Seeds on the paper figures (issue 11): every seed drawn thin, the mean with its 95% interval, and n.
+"""Seeds on every figure: every seed drawn thin, the mean with its 95% interval, and n.
 
 The lab's standard for a figure: where a configuration ran with several seeds, each seed is drawn thin or
 transparent (a line for a curve, a small point for a bar or marker), the mean over the seeds is drawn with its
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from . import stats
+from .. import stats
 
 __all__ = ["SEED_ALPHA", "SEED_LW", "mean_ci", "summarize", "n_text", "how_drawn", "pm", "dodge", "seeds_of", "finite",
            "seed_lines", "mean_errorbar"]

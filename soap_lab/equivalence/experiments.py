@@ -1,5 +1,5 @@
 """Claim 1 of the paper as studies on data: where the identity holds, what breaks it, and how far the practical
-algorithm is from it along training (the checks themselves are the plain functions of :mod:`soap_lab.equivalence`).
+algorithm is from it along training (the checks themselves are the plain functions of :mod:`soap_lab.equivalence.identities`).
 
 :func:`claim1_study`: on the teaching problem (``models.anisotropic_regression``), Adafactor's statistics in the
 eigenbasis of L = E[G Gᵀ], R = E[Gᵀ G] are the eigenvalues and idealized Adafactor in that basis equals idealized
@@ -7,7 +7,7 @@ Shampoo^½; the exponent, the trace factor, ε and a stale basis break it. :func
 between ``EigenAdafactor`` (a basis frozen between refreshes, statistics accumulated across bases) and the
 idealized update along training trajectories, on the teaching problem and a small GPT.
 
-Both return JSON-ready dicts, stored with provenance under ``data/equivalence/`` (``soap_lab.stored.save_json``)
+Both return JSON-ready dicts, stored with provenance under ``data/equivalence/`` (``soap_lab.records.datasets.save_json``)
 and drawn by ``soap_lab.plot_equivalence``. Everything is float64 on the CPU.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from . import batches, data, models
-from . import equivalence as eq
-from .optim import second_moment
-from .optim.adafactor import EigenAdafactor
+from ..train import batches, data, models
+from . import identities as eq
+from ..optim import second_moment
+from ..optim.adafactor import EigenAdafactor
 
 __all__ = ["minibatch_grads", "claim1_study", "RANGE_RTOL", "gap_trajectory"]
 

@@ -16,7 +16,7 @@ import fnmatch
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import results
+from . import store
 
 __all__ = ["find_runs", "summary_rows", "format_table", "plot"]
 
@@ -27,7 +27,7 @@ COLUMNS = ("run_id", "optimizer", "f", "lr", "seed", "tokens/step", "steps", "fi
 def find_runs(specs: Sequence[str], root: Optional[str] = None, experiment: Optional[str] = None) -> List[Path]:
     """Record paths for ``specs`` (paths, run ids or globs over run ids), in the order given, each once.
     Raises ValueError naming a spec that matches nothing."""
-    base = results.runs_root(root)
+    base = store.runs_root(root)
     pool = sorted((base / experiment).glob("*.json")) if experiment else sorted(base.glob("*/*.json"))
     found: List[Path] = []
     for spec in specs:
@@ -48,7 +48,7 @@ def summary_rows(paths: Sequence[Path]) -> Tuple[List[Dict[str, object]], List[s
     rows, warnings = [], []
     for path in paths:
         try:
-            rec = results.read_record(path)
+            rec = store.read_record(path)
             cfg, s = rec["config"], rec["summary"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             warnings.append(f"{path}: unreadable run record ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
@@ -87,7 +87,7 @@ def plot(paths: Sequence[Path], out: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, path in enumerate(paths):
-        rec = results.read_record(path)
+        rec = store.read_record(path)
         m, color = rec["metrics"], f"C{i % 10}"
         ax.plot(m["step"], m["loss"], lw=0.7, alpha=0.6, color=color)
         ax.plot(m["val_step"], m["val_loss"], "o-", ms=3, color=color, label=rec.get("run_id", path.stem))

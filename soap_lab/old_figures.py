@@ -4,7 +4,7 @@
 ``data/equivalence/*.json`` and ``data/overhead/overhead_<scale>.json``: no training, no notebook. A scale
 without results is named on each figure; a figure with no results at all raises ``ablations.MissingResults``
 naming the command that produces them. :func:`draw_all` is ``make figures`` (``python -m soap_lab figures``):
-every figure, about a minute, skipping (and naming) those without results.
+every figure, about a minute, skipping (and naming) those without store.
 
 The paper figures are drawn by default for :data:`FIGURE_SCALES`: the paper's scales and the seeded scale
 ``cpu_freq`` (3 seeds), one row of panels each; every seed is shown, with the mean and its 95% interval, and
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
-from . import ablations, analysis, results, stored
+from . import ablations, analysis
+from .records import store, datasets
 from .params import ParameterError
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
     "show",
 ]
 
-FIGURES_DIR = results.REPO_ROOT / "figures"
+FIGURES_DIR = store.REPO_ROOT / "figures"
 #: The scales the paper figures are drawn for by default (one row of panels each where it has results): the
 #: paper's scales (``ablations.PAPER_SCALES``, which ``make ablations`` trains) and the seeded scale ``cpu_freq``,
 #: whose runs ``python -m soap_lab.freq_study`` trains (never the notebooks).
@@ -62,7 +63,7 @@ def default_figures_dir(scales: Iterable[Any] = ()) -> Path:
     """``figures/`` when every scale is a registered one; else ``out/figures/<scale names>/`` (git-ignored), so a
     smoke run with overridden scales never replaces the committed figures."""
     odd = sorted(sc.name for sc in scales if not ablations.is_registered(sc))
-    return FIGURES_DIR if not odd else results.REPO_ROOT / "out" / "figures" / "+".join(odd)
+    return FIGURES_DIR if not odd else store.REPO_ROOT / "out" / "figures" / "+".join(odd)
 
 
 def _default_scales(scales: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -79,7 +80,7 @@ def _study_datas(study: str, scales: Mapping[str, Any], root, cache: Dict) -> Di
     for name, sc in scales.items():
         key = (sc.experiment, str(root))
         if key not in cache:
-            cache[key] = results.load(sc.experiment, root)
+            cache[key] = store.load(sc.experiment, root)
         try:
             wide = sc
             if study == "lr_sweep" and set(sc.seeds) - set(sc.lr_seeds):
@@ -106,7 +107,7 @@ def _overhead_data(scales: Mapping[str, Any], overhead_dir=None) -> Dict[str, Op
         return o if o.suffix == ".json" else o / default_path(sc.name).name
 
     paths = {k: path(sc) for k, sc in scales.items()}
-    return {k: (results.read_record(p) if p.is_file() else None) for k, p in paths.items()}
+    return {k: (store.read_record(p) if p.is_file() else None) for k, p in paths.items()}
 
 
 def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mapping[str, Any]] = None,
@@ -115,7 +116,7 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
 
     ``scales``: ``{name: Scale}`` overriding the default scales (a notebook passes its own); with
     ``only_scales`` no other scale is looked at. Raises ``ablations.MissingResults`` (one line, naming the
-    command) when no scale has the figure's results.
+    command) when no scale has the figure's store.
     """
     from . import plot_efficiency, plot_equivalence, plot_overhead, plot_studies, plot_wallclock, plotting
 
@@ -141,13 +142,13 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
               "batch_size": plot_studies.plot_batch_size, "variants": plot_studies.plot_variants}[name]
         if not any(v is not None for v in datas.values()):
             raise ablations.MissingResults(
-                f"{name}: no {study} results under {results.runs_root(root)}: run "
+                f"{name}: no {study} results under {store.runs_root(root)}: run "
                 + " or ".join(f"`{plotting.missing_hint(k)}`" for k in scs))
         if name == "efficiency":
             return fn(datas, out, name=name, overhead=_overhead_data(scs, overhead_dir))
         return fn(datas, out, name=name)
     if name == "overhead":
-        odir = Path(overhead_dir) if overhead_dir is not None else stored.OVERHEAD_DIR
+        odir = Path(overhead_dir) if overhead_dir is not None else datasets.OVERHEAD_DIR
         if odir.suffix == ".json" and scales:  # one study file: it belongs to the scales the caller named only
             scs = dict(scales)
         datas = _overhead_data(scs, odir)
@@ -156,11 +157,11 @@ def draw(name: str, results_root=None, figures_dir=None, scales: Optional[Mappin
                                            "`make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study overhead`)")
         runs = _study_datas("frequency", {k: scs[k] for k, v in datas.items() if v is not None}, root, cache)
         return plot_overhead.plot_overhead(datas, out, name=name, runs=runs)
-    edir = Path(equivalence_dir) if equivalence_dir is not None else stored.EQUIVALENCE_DIR
+    edir = Path(equivalence_dir) if equivalence_dir is not None else datasets.EQUIVALENCE_DIR
     hint = "make ablations SCALE=cpu` (or `python -m soap_lab ablations --scale cpu --study equivalence`"
     if name == "equivalence_claim1":
-        return plot_equivalence.plot_claim1(stored.load_json(edir / stored.CLAIM1_FILE, "Claim 1 data", hint), out, name=name)
-    return plot_equivalence.plot_gap(stored.load_json(edir / stored.GAP_FILE, "gap-trajectory data", hint), out, name=name)
+        return plot_equivalence.plot_claim1(datasets.load_json(edir / datasets.CLAIM1_FILE, "Claim 1 data", hint), out, name=name)
+    return plot_equivalence.plot_gap(datasets.load_json(edir / datasets.GAP_FILE, "gap-trajectory data", hint), out, name=name)
 
 
 def draw_all(scales: Mapping[str, Any], names: Optional[Sequence[str]] = None, results_root=None, figures_dir=None,
@@ -177,7 +178,7 @@ def draw_all(scales: Mapping[str, Any], names: Optional[Sequence[str]] = None, r
         try:
             paths = draw(name, results_root, figures_dir, scales=scales, equivalence_dir=equivalence_dir,
                          overhead_dir=overhead_dir, _cache=cache, only_scales=True)
-        except (ablations.MissingResults, results.CorruptRecord) as e:
+        except (ablations.MissingResults, store.CorruptRecord) as e:
             print(f"skipped {name}: {e}", file=sys.stderr)
             failed.append(name)
             continue

@@ -1,5 +1,5 @@
 """C4/FineWeb-scale token streams: any Hugging Face ``datasets`` dataset (hub name, local file or saved dataset),
-tokenized document by document into the same kind of 1-D int64 stream as :func:`soap_lab.data.token_stream`,
+tokenized document by document into the same kind of 1-D int64 stream as :func:`soap_lab.train.data.token_stream`,
 without joining it into one text first. Needs the ``datasets`` package (a dev extra).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ def hf_token_stream(name_or_path: str, tokenizer, split: str = "train", text_fie
     ``name_or_path``: a hub name (e.g. ``"allenai/c4"`` with ``name="en"``, ``streaming=True`` in
     ``load_kwargs``), a local ``.json``/``.jsonl``/``.parquet``/``.txt``/``.csv`` file, or a directory
     written by ``Dataset.save_to_disk``. ``tokenizer``: a tokenizer object (``.encode``) or a kind for
-    :func:`soap_lab.data.get_tokenizer` (``"char"``/``"bpe"``, Austen's). Documents are taken in dataset order, joined
+    :func:`soap_lab.train.data.get_tokenizer` (``"char"``/``"bpe"``, Austen's). Documents are taken in dataset order, joined
     by ``separator`` (encoded like text), stopping after ``max_docs`` documents or once ``max_tokens`` tokens
     are collected (the stream is cut to exactly ``max_tokens``). Other keyword arguments go to
     ``datasets.load_dataset`` (``cache_dir``, ``name``, ``streaming``, ``data_files`` ...).

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from typing import Any, Dict, Optional
 
-from .results import REPO_ROOT
+from .store import REPO_ROOT
 
 __all__ = ["git_info", "environment_info", "now_iso", "provenance"]
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .optim.linalg import eigh_descending
+from ..optim.linalg import eigh_descending
 
 Tensor = torch.Tensor
 

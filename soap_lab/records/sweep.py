@@ -3,7 +3,7 @@
 A sweep is a grid (optimizers x frequencies x lrs x seeds x budget fractions, on top of one base config);
 ``shard(grid, i, n)`` hands grid point ``k`` to shard ``k % n``, so ``n`` processes, GPUs or cluster array
 jobs split one grid without talking to each other. ``run_sweep`` skips every config whose record exists
-(``soap_lab.results.has_record``), so rerunning an interrupted sweep resumes it.
+(``soap_lab.records.store.has_record``), so rerunning an interrupted sweep resumes it.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import dataclasses
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import train as train_mod
-from .distributed import broadcast_from_rank0, init_distributed_for
-from .optim import takes_frequency
-from .results import has_record, record_path, run_id
+from ..train import loop as train_mod
+from ..train.distributed import broadcast_from_rank0, init_distributed_for
+from ..optim import takes_frequency
+from .store import has_record, record_path, run_id
 
 __all__ = ["grid", "parse_shard", "shard", "run_sweep"]
 

@@ -1,17 +1,9 @@
 """The figures' one style and the pieces every figure shares: colours per optimizer, panels per scale, the
-footer naming scale, device and caveats, and saving as PNG + PDF (the same bytes on every run).
+footer naming scale, device and caveats, and saving as PNG + PDF (the same bytes on every run and every CPU).
 
-The figures themselves, one function each, reading only stored results: :mod:`soap_lab.plot_studies` (learning
-rate, frequency, batch size, variants), :mod:`soap_lab.plot_wallclock` (loss vs steps and wall-clock),
-:mod:`soap_lab.plot_efficiency` (the efficiency fit), :mod:`soap_lab.plot_overhead` (the timing study),
-:mod:`soap_lab.plot_equivalence` (Claim 1, the gap along training) and
-:mod:`soap_lab.plot_seeds` (the seeded frequency study). Every run-based figure takes ``{scale name: StudyData
-or None}`` (``soap_lab.analysis``) and draws one row of panels per scale that has results; a scale without
+The figures themselves live in their study's file (``soap_lab/studies/*.py``). Every run-based figure takes
+``{scale name: StudyData or None}`` and draws one row of panels per scale that has results; a scale without
 results is named in the figure's footer together with the command that produces them.
-
-    from soap_lab import ablations, analysis, plot_studies
-    sd = analysis.study_data("frequency", ablations.get_scale("cpu"))
-    plot_studies.plot_frequency({"cpu": sd, "gpu": None}, "figures")
 """
 from __future__ import annotations
 
@@ -23,10 +15,10 @@ from typing import Any, Dict, List, Mapping, Sequence
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from . import ablations
+from ..records.store import MissingResults
 
 __all__ = ["PALETTE", "MARKERS", "color", "style", "save", "missing_hint", "panel_rows", "footer", "noise_note", "caption",
-           "scale_tag"]
+           "scale_tag", "rounded"]
 
 
 _C = sns.color_palette("colorblind", 10)
@@ -41,13 +33,26 @@ PALETTE: Dict[str, Any] = {
     "SOAP factorized + one-sided": _C[6],
     "EigenAdafactor": _C[9],
     "Adafactor": _C[7],
+    "Muon": _C[8],
 }
-MARKERS = {"AdamW": "s", "Shampoo": "^", "SOAP": "o", "SOAP (eigh)": "D"}
+MARKERS = {"AdamW": "s", "Shampoo": "^", "SOAP": "o", "SOAP (eigh)": "D", "Muon": "P"}
 
 
 def color(label: str):
     """The colour of an optimizer label (:data:`PALETTE`; grey for any other)."""
-    return PALETTE.get(label, _C[8])
+    return PALETTE.get(label, "0.4")
+
+
+def rounded(x, digits: int = 5):
+    """``x`` (a number or an array) to ``digits`` significant digits: what a figure draws from a computation (a fit,
+    a mean) is rounded, so that another CPU's round-off cannot change the bytes of the PDF."""
+    import numpy as np
+
+    a = np.asarray(x, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where(np.isfinite(a) & (a != 0), np.floor(np.log10(np.abs(np.where(a == 0, 1, a)))), 0)
+        out = np.where(np.isfinite(a), np.round(a / 10 ** (mag - digits + 1)) * 10 ** (mag - digits + 1), a)
+    return float(out) if np.ndim(x) == 0 else out
 
 
 @contextlib.contextmanager
@@ -72,20 +77,17 @@ def save(fig, figures_dir, name: str) -> List[Path]:
     return paths
 
 
-def missing_hint(scale_name: str, timing: bool = False) -> str:
-    """The command that produces a scale's results (``timing``: its side-by-side timing study). The seeded scale
-    ``cpu_freq`` is trained by ``soap_lab.freq_study``, never by ``make ablations``."""
-    if scale_name.split("-")[0] == "cpu_freq":
-        return ("python -m soap_lab.freq_study --timing" if timing
-                else "python -m soap_lab.freq_study --scale cpu_freq --arms seeded others")
-    return f"make ablations SCALE={scale_name}" + (" DEVICE=cuda" if scale_name == "gpu" else "")
+def missing_hint(scale_name: str, study: str = "") -> str:
+    """The command that produces a scale's results (of ``study``, or of every study)."""
+    what = study or "--all"
+    return f"python -m soap_lab study run {what} --scale {scale_name.split('-')[0]}"
 
 
 def panel_rows(data: Mapping[str, Any], ncols: int, width: float = 4.6, height: float = 3.4, **kw):
     """A figure with one row of ``ncols`` panels per scale present in ``data``; footer notes for the others."""
     present = [k for k, v in data.items() if v is not None]
     if not present:
-        raise ablations.MissingResults(
+        raise MissingResults(
             "no results for any scale: run " + " or ".join(f"`{missing_hint(k)}`" for k in data))
     fig, axes = plt.subplots(len(present), ncols, figsize=(width * ncols, height * len(present)), squeeze=False, **kw)
     notes = [f"scale {k}: no results (run `{missing_hint(k)}`)" for k, v in data.items() if v is None]

@@ -1,4 +1,4 @@
-"""Corpora -> tokenizers -> token streams (batches of them: :mod:`soap_lab.batches`).
+"""Corpora -> tokenizers -> token streams (batches of them: :mod:`soap_lab.train.batches`).
 
 Two small public-domain English corpora ship in the repository (rebuilt from their source packages by
 ``make data``, which checks sha256 at every step; see ``data/<corpus>/README.md``):
@@ -21,7 +21,7 @@ deterministic). ``"bpe"`` — byte-level BPE (Hugging Face ``tokenizers``) train
 are trained on demand and cached under ``data/_build/tokenizers/``.
 
 Any UTF-8 text file is a corpus too, and so is a Hugging Face ``datasets`` dataset (``hf:NAME_OR_PATH``, its
-``text`` field); for C4/FineWeb-scale runs :func:`soap_lab.hf_stream.hf_token_stream` tokenizes such a dataset
+``text`` field); for C4/FineWeb-scale runs :func:`soap_lab.train.hf_stream.hf_token_stream` tokenizes such a dataset
 without joining it into one text.
 
 Missing or corrupt data raises :class:`DataError`, whose message says to run ``make data``.
@@ -46,7 +46,7 @@ __all__ = [
 
 #: Where the corpora and tokenizers live (``<repo>/data``); the environment variable
 #: ``SOAP_LAB_DATA_DIR`` overrides it. Read at call time, so tests may monkeypatch it.
-DATA_DIR: Path = Path(os.environ.get("SOAP_LAB_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
+DATA_DIR: Path = Path(os.environ.get("SOAP_LAB_DATA_DIR", Path(__file__).resolve().parents[2] / "data"))
 CORPORA = ("austen", "shakespeare")
 TOKENIZERS = ("char", "bpe")
 SPLITS = ("train", "val")

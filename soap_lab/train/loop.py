@@ -1,7 +1,7 @@
 """Training harness: ``train(TrainConfig) -> RunResult``.
 
 The paper's setup (Vyas et al. 2024, section 3), at whatever scale the preset gives: linear warmup from
-0.1·lr to lr then cosine decay to 0.1·lr (``soap_lab.schedule``), gradient clipping at 1.0, bf16 autocast
+0.1·lr to lr then cosine decay to 0.1·lr (``soap_lab.train.schedule``), gradient clipping at 1.0, bf16 autocast
 on CUDA, gradient accumulation so a step can hold many tokens, periodic validation cross-entropy on fixed
 batches, and a ``budget_fraction`` that shortens a run *and its schedule* (the paper's efficiency protocol).
 
@@ -9,7 +9,7 @@ Per step the run records the train loss (plain cross-entropy, averaged over micr
 z-loss is optimized but not reported), lr, gradient norm (before clipping), wall-clock time, and the time of
 ``optimizer.step()`` alone (CUDA-synchronized around it), plus the peak size of the optimizer state. The
 validation loss is the plain cross-entropy on fixed batches. The run ends with one JSON record
-(``soap_lab.results``) holding the config, these metrics and provenance.
+(``soap_lab.records.store``) holding the config, these metrics and provenance.
 
 Under ``torchrun`` (WORLD_SIZE > 1) the same function trains with DistributedDataParallel (gloo on CPU,
 nccl on CUDA): each rank takes its slice of every global batch, the optimizers see the all-reduced
@@ -32,13 +32,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from . import batches, checkpoint, data, models, results
+from . import batches, checkpoint, data, models
+from ..records import store
 from .distributed import any_rank, init_distributed_for, resolve_device
-from .optim import build_optimizer, takes_named_parameters
-from .provenance import environment_info, git_info, now_iso
+from ..optim import build_optimizer, takes_named_parameters
+from ..records.provenance import environment_info, git_info, now_iso
 from .schedule import lr_at
 # The config is part of this module's API (``train(TrainConfig)``).
-from .train_config import TrainConfig, effective_steps, effective_warmup, optimizer_kwargs
+from .config import TrainConfig, effective_steps, effective_warmup, optimizer_kwargs
 
 __all__ = ["TrainConfig", "RunResult", "train", "evaluate", "optimizer_state_bytes"]
 
@@ -69,7 +70,7 @@ class RunResult:
             "schema": 1,
             "run_id": self.run_id,
             "experiment": self.config.experiment,
-            "config": results.config_dict(self.config),
+            "config": store.config_dict(self.config),
             "model": self.model,
             "summary": self.summary,
             "metrics": self.metrics,
@@ -149,7 +150,7 @@ def _load_data(config: TrainConfig):
 
 
 def train(config: TrainConfig) -> RunResult:
-    """Train one run; on rank 0 write its record (when ``config.save``) and return its results."""
+    """Train one run; on rank 0 write its record (when ``config.save``) and return its store."""
     config.validate()
     start_iso = now_iso()
     rank, world, local_rank = init_distributed_for(config)
@@ -180,7 +181,7 @@ def train(config: TrainConfig) -> RunResult:
     if config.compile:
         net = torch.compile(net)
     if config.zero:
-        from .optim.zero import build_zero_optimizer  # torch.distributed.optim: seconds to import
+        from ..optim.zero import build_zero_optimizer  # torch.distributed.optim: seconds to import
 
         optimizer = build_zero_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
     else:
@@ -211,8 +212,8 @@ def train(config: TrainConfig) -> RunResult:
         metrics["val_time"].append(train_time)
         bar.set_postfix(loss=f"{metrics['loss'][-1]:.4f}" if metrics["loss"] else "-", val=f"{vl:.4f}")
 
-    run_id = results.run_id(config)
-    ckpt_file = checkpoint.checkpoint_path(results.record_path(config)) if config.save else None
+    run_id = store.run_id(config)
+    ckpt_file = checkpoint.checkpoint_path(store.record_path(config)) if config.save else None
     every = checkpoint.DEFAULT_EVERY if config.checkpoint_every is None else config.checkpoint_every
     start = 0
     resumed = checkpoint.load(ckpt_file, run_id) if ckpt_file is not None else None
@@ -313,10 +314,10 @@ def train(config: TrainConfig) -> RunResult:
     }
     git = git_info()
     provenance["git_commit"], provenance["git_dirty"] = git["commit"], git["dirty"]
-    result = RunResult(results.run_id(config), config, metrics, summary, provenance,
+    result = RunResult(store.run_id(config), config, metrics, summary, provenance,
                        model=dataclasses.asdict(model_cfg))
     if config.save and rank == 0:
-        result.record_path = results.write_json_atomic(result.record(), results.record_path(config))
+        result.record_path = store.write_json_atomic(result.record(), store.record_path(config))
         if ckpt_file is not None:
             ckpt_file.unlink(missing_ok=True)  # the record supersedes it
     if world > 1:
@@ -325,7 +326,7 @@ def train(config: TrainConfig) -> RunResult:
 
 
 def _consolidated(optimizer) -> Dict[str, Any]:
-    from .optim.zero import consolidated_state_dict
+    from ..optim.zero import consolidated_state_dict
 
     return consolidated_state_dict(optimizer)
 
