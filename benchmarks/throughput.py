@@ -1,6 +1,6 @@
 """Training throughput per optimizer: tokens/s and the share of wall-clock spent in optimizer.step().
 
-Short runs of the real training loop (``soap_lab.train.train``), one optimizer after the other in one
+Short runs of the real training loop (``soap_lab.train.loop.train``), one optimizer after the other in one
 process, at the same preset, batch and seed; nothing is written under data/runs. The first ``--skip``
 steps (SOAP's initial eigendecomposition, allocator warm-up) are left out of the timings; the rest include
 the periodic basis refreshes, amortized over the steps.
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from soap_lab.optim import OPTIMIZERS, build_optimizer, takes_frequency  # noqa: E402
-from soap_lab.train import train  # noqa: E402
-from soap_lab.train_config import TrainConfig  # noqa: E402
+from soap_lab.train.loop import train  # noqa: E402
+from soap_lab.train.config import TrainConfig  # noqa: E402
 
 
 def importable(name: str) -> bool:

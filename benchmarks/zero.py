@@ -58,7 +58,7 @@ def worker(rank: int, args, tmp: str) -> None:
     import torch.distributed as dist
 
     from soap_lab.optim.zero import local_optimizer
-    from soap_lab.train import optimizer_state_bytes
+    from soap_lab.train.loop import optimizer_state_bytes
 
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=args.world)
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     import torch.multiprocessing as mp
 
     import soap_lab.optim.zero  # noqa: F401  (imported once, here, rather than by every rank)
-    import soap_lab.train  # noqa: F401
+    import soap_lab.train.loop  # noqa: F401
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)  # before forking: the ranks inherit it

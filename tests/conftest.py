@@ -78,7 +78,7 @@ def one_thread_kernels():
 @pytest.fixture
 def run_config():
     """``run_config(root, **fields)``: the ``TrainConfig`` of a 3-step tiny run recorded under ``root/sweep/``."""
-    from soap_lab.train_config import TrainConfig
+    from soap_lab.train.config import TrainConfig
 
     def make(root, **fields):
         base = dict(preset="tiny", steps=3, batch_size=4, seq_len=32, eval_every=0, eval_batches=1,
@@ -118,8 +118,8 @@ def _synthetic_loss(cfg, step):
 
 
 def _write_synthetic_record(cfg, root, step_time=0.01):
-    """A record with the layout ``soap_lab.train`` writes, with loss curves whose numbers are known."""
-    from soap_lab import results
+    """A record with the layout ``soap_lab.train.loop`` writes, with loss curves whose numbers are known."""
+    from soap_lab.records import store
 
     steps = max(1, int(math.floor(cfg.budget_fraction * cfg.steps + 0.5)))
     st = step_time * (3 if cfg.optimizer != "adamw" else 1)
@@ -140,10 +140,10 @@ def _write_synthetic_record(cfg, root, step_time=0.01):
                "final_train_loss": metrics["loss"][-1], "diverged": False, "wall_time": st * steps,
                "opt_time_total": st / 2 * steps, "step_time_mean": st, "optimizer_state_bytes": int(state * 4000),
                "num_params": 1000, "tokens_per_step": cfg.batch_size * 32, "seq_len_used": 32}
-    rec = {"schema": 1, "run_id": results.run_id(cfg), "experiment": cfg.experiment, "config": results.config_dict(cfg),
+    rec = {"schema": 1, "run_id": store.run_id(cfg), "experiment": cfg.experiment, "config": store.config_dict(cfg),
            "summary": summary, "metrics": metrics,
            "provenance": {"device": {"type": "cpu", "name": "Synthetic CPU"}, "git_commit": None}}
-    results.write_json_atomic(rec, results.record_path(cfg, root))
+    store.write_json_atomic(rec, store.record_path(cfg, root))
 
 
 @pytest.fixture(scope="session")
@@ -164,12 +164,13 @@ def synthetic_scale():
 def synthetic_pool(tmp_path_factory, synthetic_scale):
     """A runs root with a synthetic record for every config of every study of the synthetic scale (the lr sweep
     first: the others need tuned lrs). Tests only read it; one that corrupts records copies it first."""
-    from soap_lab import ablations, results
+    from soap_lab import ablations
+    from soap_lab.records import store
 
     root = tmp_path_factory.mktemp("synthetic_runs")
     for study in ablations.STUDIES:
         for cfg in ablations.configs(study, synthetic_scale, root):
-            if not results.has_record(cfg):
+            if not store.has_record(cfg):
                 _write_synthetic_record(cfg, root)
     return root
 
@@ -191,7 +192,8 @@ def synthetic_seeded_pool(tmp_path_factory, synthetic_seeded_scale):
     """Synthetic records of every study of the seeded synthetic scale, and its lr sweep on every seed."""
     import dataclasses
 
-    from soap_lab import ablations, results
+    from soap_lab import ablations
+    from soap_lab.records import store
 
     sc = synthetic_seeded_scale
     root = tmp_path_factory.mktemp("synthetic_seeded_runs")
@@ -199,7 +201,7 @@ def synthetic_seeded_pool(tmp_path_factory, synthetic_seeded_scale):
     for study in ablations.STUDIES:
         cfgs += ablations.configs(study, sc, root) if study != "lr_sweep" else []
         for cfg in cfgs:
-            if not results.has_record(cfg):
+            if not store.has_record(cfg):
                 _write_synthetic_record(cfg, root)
     return root
 

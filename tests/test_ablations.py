@@ -1,7 +1,8 @@
 """Study grids: seeds reach every study, overridden scales get their own pool, the tuned lr needs clean records."""
 import pytest
 
-from soap_lab import ablations, results
+from soap_lab import ablations
+from soap_lab.records import store
 
 
 @pytest.fixture
@@ -14,16 +15,16 @@ def test_seeds_reach_every_study(study, fixed_lrs):
     sc = ablations.get_scale("cpu", seeds=(1, 2), long_steps=50)
     cfgs = ablations.configs(study, sc)
     assert cfgs and sorted({c.seed for c in cfgs}) == ([1, 2] if study != "frequency_long" else [0, 1])
-    assert len({results.run_id(c) for c in cfgs}) == len(cfgs)
+    assert len({store.run_id(c) for c in cfgs}) == len(cfgs)
 
 
 def test_one_seed_keeps_the_committed_run_ids():
     # seeds=(0,) is TrainConfig's default seed: every study of the committed cpu scale still finds its records
     sc = ablations.get_scale("cpu")
-    stored = {results.run_key(p.stem) for p in (results.DEFAULT_RUNS_ROOT / sc.experiment).glob("*.json")}
+    stored = {store.run_key(p.stem) for p in (store.DEFAULT_RUNS_ROOT / sc.experiment).glob("*.json")}
     for study in ("lr_sweep", "frequency", "comparison", "batch_size", "variants"):
-        assert {results.run_key(results.run_id(c)) for c in ablations.configs(study, sc)} <= stored, study
-        assert all(results.has_record(c) for c in ablations.configs(study, sc)), study  # found under the old names
+        assert {store.run_key(store.run_id(c)) for c in ablations.configs(study, sc)} <= stored, study
+        assert all(store.has_record(c) for c in ablations.configs(study, sc)), study  # found under the old names
 
 
 def test_overridden_scale_has_its_own_name_and_pool():
@@ -38,8 +39,8 @@ def test_overridden_scale_has_its_own_name_and_pool():
 
 def _write_lr_sweep(scale, root, loss=lambda c: 2.0 + c.lr):
     for c in ablations.lr_sweep(scale, root):
-        results.write_json_atomic({"config": results.config_dict(c), "summary": {"final_val_loss": loss(c)},
-                                   "metrics": {}}, results.record_path(c))
+        store.write_json_atomic({"config": store.config_dict(c), "summary": {"final_val_loss": loss(c)},
+                                   "metrics": {}}, store.record_path(c))
 
 
 def test_tuned_lr_averages_the_tuning_seeds(tmp_path):
@@ -55,11 +56,11 @@ def test_a_corrupt_lr_record_is_named_never_skipped(tmp_path, content, words):
     sc = ablations.get_scale("cpu", lrs={"adamw": (3e-3, 1e-2, 3e-2)})
     _write_lr_sweep(sc, str(tmp_path))  # best: 3e-3
     best = [c for c in ablations.lr_sweep(sc, str(tmp_path)) if c.optimizer == "adamw" and c.lr == 3e-3][0]
-    results.record_path(best).write_text(content)
+    store.record_path(best).write_text(content)
     with pytest.raises(ablations.MissingResults) as e:
         ablations.tuned_lr("adamw", sc, str(tmp_path))
     msg = str(e.value)
-    assert "\n" not in msg and words in msg and results.record_path(best).name in msg
+    assert "\n" not in msg and words in msg and store.record_path(best).name in msg
 
 
 def test_frequency_study_grid(fixed_lrs):

@@ -1,11 +1,11 @@
-"""soap_lab.batches: reproducible, resumable, DDP-aware training windows and fixed validation windows."""
+"""soap_lab.train.batches: reproducible, resumable, DDP-aware training windows and fixed validation windows."""
 import json
 
 import pytest
 import torch
 
-from soap_lab import batches as B
-from soap_lab import data as D
+from soap_lab.train import batches as B
+from soap_lab.train import data as D
 
 
 def test_batch_sampler_shapes_shift_and_reproducibility():

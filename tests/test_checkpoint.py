@@ -1,4 +1,4 @@
-"""soap_lab.checkpoint: an interrupted run resumes and ends with the record of an uninterrupted one (bit-exact
+"""soap_lab.train.checkpoint: an interrupted run resumes and ends with the record of an uninterrupted one (bit-exact
 on CPU), from a signal in-process and from a real SIGTERM to the CLI; unusable checkpoints are set aside."""
 import os
 import signal
@@ -9,12 +9,13 @@ import time
 import pytest
 import torch
 
-from soap_lab import checkpoint, results, train as train_mod
-from soap_lab.train import train
-from soap_lab.train_config import TrainConfig
+from soap_lab.train import checkpoint, loop as train_mod
+from soap_lab.records import store
+from soap_lab.train.loop import train
+from soap_lab.train.config import TrainConfig
 
-pytest.importorskip("soap_lab.models")
-pytest.importorskip("soap_lab.data")
+pytest.importorskip("soap_lab.train.models")
+pytest.importorskip("soap_lab.train.data")
 
 # What the inputs determine; times and provenance differ between any two runs.
 COMPARED = ("step", "loss", "lr", "grad_norm", "val_step", "val_loss")
@@ -57,24 +58,24 @@ def test_interrupted_run_resumes_to_the_uninterrupted_record(tmp_path, monkeypat
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     full = train(cfg(tmp_path / "full"))
     config = cfg(tmp_path / "cut")
-    ckpt = checkpoint.checkpoint_path(results.record_path(config))
+    ckpt = checkpoint.checkpoint_path(store.record_path(config))
     with monkeypatch.context() as m:
         _interrupt_at(m, 7)
         with pytest.raises(checkpoint.RunInterrupted, match=r"interrupted after step 8/12 .*rerun the same command"):
             train(config)
-    assert ckpt.is_file() and not results.record_path(config).exists()
+    assert ckpt.is_file() and not store.record_path(config).exists()
     assert torch.load(ckpt, weights_only=False)["step"] == 8
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     resumed = train(config)
     assert not ckpt.exists()  # the record supersedes it
-    a, b = results.read_record(full.record_path), results.read_record(resumed.record_path)
+    a, b = store.read_record(full.record_path), store.read_record(resumed.record_path)
     _same_record(a, b)
     assert b["provenance"]["resumed_from_step"] == 8 and a["provenance"]["resumed_from_step"] is None
     assert len(b["metrics"]["time"]) == 12 and b["metrics"]["time"] == sorted(b["metrics"]["time"])
 
 
 def test_checkpoint_every_is_not_part_of_the_run_id(tmp_path):
-    assert results.run_id(cfg(tmp_path, checkpoint_every=3)) == results.run_id(cfg(tmp_path, checkpoint_every=None))
+    assert store.run_id(cfg(tmp_path, checkpoint_every=3)) == store.run_id(cfg(tmp_path, checkpoint_every=None))
     with pytest.raises(ValueError, match="checkpoint_every"):
         cfg(tmp_path, checkpoint_every=-1).validate()
 
@@ -82,7 +83,7 @@ def test_checkpoint_every_is_not_part_of_the_run_id(tmp_path):
 @pytest.mark.parametrize("content", [b"not a checkpoint", None], ids=["garbage", "other-run"])
 def test_unusable_checkpoint_is_set_aside_with_one_line(tmp_path, capsys, content):
     config = cfg(tmp_path, steps=4, optimizer="adamw", precondition_frequency=None)
-    ckpt = checkpoint.checkpoint_path(results.record_path(config))
+    ckpt = checkpoint.checkpoint_path(store.record_path(config))
     ckpt.parent.mkdir(parents=True)
     if content is None:
         checkpoint.save(ckpt, {"run_id": "another_run", "step": 2})
@@ -122,6 +123,6 @@ def test_sigterm_to_the_cli_then_the_same_command_resumes(tmp_path, one_thread_e
     again = subprocess.run(cli(cut, "--checkpoint-every", "2"), env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     (a,), (b,) = list((tmp_path / "ref" / "k").glob("*.json")), list((cut / "k").glob("*.json"))
-    _same_record(results.read_record(a), results.read_record(b))
-    assert results.read_record(b)["provenance"]["resumed_from_step"] > 0
+    _same_record(store.read_record(a), store.read_record(b))
+    assert store.read_record(b)["provenance"]["resumed_from_step"] > 0
     assert not list((cut / "k").glob("*.ckpt.pt*"))

@@ -6,14 +6,15 @@ import sys
 import pytest
 import torch
 
-from soap_lab import cli, results, sweep
+from soap_lab import cli
+from soap_lab.records import store, sweep
 from soap_lab.__main__ import main
-from soap_lab.train_config import TrainConfig
+from soap_lab.train.config import TrainConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
-REPO = results.REPO_ROOT
+REPO = store.REPO_ROOT
 TINY = ["--preset", "tiny", "--steps", "3", "--batch-size", "4", "--seq-len", "32", "--eval-batches", "1",
         "--eval-every", "0", "--no-progress"]
 
@@ -55,7 +56,7 @@ def test_unknown_optimizer_exits_2_listing_allowed_names(one_thread_env):
     (["train", "--device", "cuda"], ["device 'cuda' asked for but CUDA is not available here"]),
 ]))
 def test_bad_values_exit_2(capsys, args, messages):
-    pytest.importorskip("soap_lab.models")
+    pytest.importorskip("soap_lab.train.models")
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 2
@@ -66,13 +67,13 @@ def test_bad_values_exit_2(capsys, args, messages):
 
 
 def test_a_diverging_run_is_recorded_and_exits_3(tmp_path, capsys):
-    pytest.importorskip("soap_lab.models")
+    pytest.importorskip("soap_lab.train.models")
     code = main(["train", "--lr", "1e6", "--experiment", "div", "--runs-root", str(tmp_path), *TINY])
     assert code == 3
     err = capsys.readouterr().err
     assert "run diverged: non-finite loss at step" in err and "Traceback" not in err
     (path,) = (tmp_path / "div").glob("*.json")
-    assert results.read_record(path)["summary"]["diverged"] is True
+    assert store.read_record(path)["summary"]["diverged"] is True
 
 
 def test_help_shows_defaults_and_the_program_name(capsys, monkeypatch):
@@ -88,7 +89,7 @@ def test_help_shows_defaults_and_the_program_name(capsys, monkeypatch):
 
 
 def test_presets_are_listed_on_error(capsys):
-    models = pytest.importorskip("soap_lab.models")
+    models = pytest.importorskip("soap_lab.train.models")
     with pytest.raises(SystemExit):
         main(["train", "--preset", "huge"])
     err = capsys.readouterr().err
@@ -107,17 +108,17 @@ def test_figures_and_ablations_are_dispatched_with_their_own_options(tmp_path, c
 
 
 def test_train_command_writes_a_record(tmp_path, capsys):
-    pytest.importorskip("soap_lab.models")
+    pytest.importorskip("soap_lab.train.models")
     assert main(["train", "--experiment", "cli", "--runs-root", str(tmp_path), "--lr", "0.01", *TINY]) == 0
     files = list((tmp_path / "cli").glob("*.json"))
     assert len(files) == 1 and files[0].stem.startswith("adamw_lr0.01_bs")
     assert files[0].stem in capsys.readouterr().out
-    rec = results.read_record(files[0])
+    rec = store.read_record(files[0])
     assert rec["config"]["steps"] == 3 and rec["summary"]["steps_done"] == 3
 
 
 def test_sweep_shards_cover_the_grid(tmp_path, capsys):
-    pytest.importorskip("soap_lab.models")
+    pytest.importorskip("soap_lab.train.models")
     grid = ["--experiment", "g", "--runs-root", str(tmp_path), "--lrs", "1e-3", "3e-3",
             "--budget-fractions", "0.5", "1.0", *TINY]
     assert main(["sweep", *grid, "--shard", "0/3", "--dry-run"]) == 0
@@ -129,7 +130,7 @@ def test_sweep_shards_cover_the_grid(tmp_path, capsys):
     assert len(names) == 4
     base = TrainConfig(preset="tiny", steps=3, batch_size=4, seq_len=32, eval_batches=1, eval_every=0)
     configs = sweep.grid(base, lrs=[1e-3, 3e-3], budget_fractions=[0.5, 1.0])
-    assert names == sorted(results.run_id(c) for c in configs)
+    assert names == sorted(store.run_id(c) for c in configs)
     capsys.readouterr()
     assert main(["sweep", *grid]) == 0  # everything done: all skipped
     assert capsys.readouterr().out.count("skip") == 4

@@ -1,4 +1,4 @@
-"""soap_lab.data and data/prepare.py: R decoder, shipped corpora, tokenizers, splits, any text as a corpus."""
+"""soap_lab.train.data and data/prepare.py: R decoder, shipped corpora, tokenizers, splits, any text as a corpus."""
 import gzip
 import hashlib
 import importlib.util
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from soap_lab import data as D
+from soap_lab.train import data as D
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -315,8 +315,8 @@ def test_a_text_file_is_a_corpus(tmp_path, monkeypatch):
 
 def test_a_datasets_dataset_is_a_corpus_and_trains(tmp_path, one_thread):
     pytest.importorskip("datasets")
-    from soap_lab.train import train
-    from soap_lab.train_config import TrainConfig
+    from soap_lab.train.loop import train
+    from soap_lab.train.config import TrainConfig
 
     docs = [{"text": line} for line in _text(300).splitlines()]
     path = tmp_path / "docs.jsonl"

@@ -1,4 +1,4 @@
-"""soap_lab.distributed: the one-process identities outside torchrun, and the same `train` under torchrun (2 CPU
+"""soap_lab.train.distributed: the one-process identities outside torchrun, and the same `train` under torchrun (2 CPU
 processes, gloo) gives the losses of one process at the same global batch: the optimizers see the all-reduced
 gradient, so only reduction round-off differs."""
 import os
@@ -9,11 +9,12 @@ import textwrap
 import pytest
 import torch
 
-from soap_lab import distributed, results, sweep
-from soap_lab.train_config import TrainConfig
+from soap_lab.train import distributed
+from soap_lab.records import store, sweep
+from soap_lab.train.config import TrainConfig
 
-pytest.importorskip("soap_lab.models")
-pytest.importorskip("soap_lab.data")
+pytest.importorskip("soap_lab.train.models")
+pytest.importorskip("soap_lab.train.data")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -50,7 +51,7 @@ def configs(root, experiment):
         # unrotated), the runs stay within round-off of each other.
         out.append(TrainConfig(optimizer="soap", precondition_frequency=2, dtype="float64",
                                hparams={"max_precond_dim": 32}, **COMMON))
-    return [TrainConfig.from_dict({**results.config_dict(c), "out_dir": str(root), "experiment": experiment})
+    return [TrainConfig.from_dict({**store.config_dict(c), "out_dir": str(root), "experiment": experiment})
             for c in out]
 
 
@@ -58,7 +59,7 @@ SCRIPT = """
 import sys
 sys.path.insert(0, {repo!r})
 from test_distributed import configs
-from soap_lab import sweep
+from soap_lab.records import sweep
 sweep.run_sweep(configs({root!r}, "ddp"), log=None)
 sweep.run_sweep(configs({root!r}, "ddp"), log=None)  # rerun: rank 0 finds the records, all ranks skip
 """
@@ -68,15 +69,15 @@ def test_ddp_matches_single_process(tmp_path, one_thread_env):
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(SCRIPT.format(repo=os.path.dirname(__file__), root=str(tmp_path))))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=results.REPO_ROOT, env=one_thread_env, timeout=300)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=store.REPO_ROOT, env=one_thread_env, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
 
     single = configs(tmp_path, "single")
     sweep.run_sweep(single, log=None)
 
-    ddp = {p.stem: results.read_record(p) for p in (tmp_path / "ddp").glob("*.json")}
-    one = {p.stem: results.read_record(p) for p in (tmp_path / "single").glob("*.json")}
-    assert sorted(ddp) == sorted(one) == sorted(results.run_id(c) for c in single)  # same configs, same ids
+    ddp = {p.stem: store.read_record(p) for p in (tmp_path / "ddp").glob("*.json")}
+    one = {p.stem: store.read_record(p) for p in (tmp_path / "single").glob("*.json")}
+    assert sorted(ddp) == sorted(one) == sorted(store.run_id(c) for c in single)  # same configs, same ids
     for rid in ddp:
         a, b = ddp[rid], one[rid]
         assert a["provenance"]["world_size"] == 2 and a["provenance"]["distributed_backend"] == "gloo"
@@ -90,8 +91,8 @@ def test_ddp_matches_single_process(tmp_path, one_thread_env):
 
 def test_batch_must_split_across_ranks(monkeypatch):
     # no process group is needed to reject a batch that does not split evenly
-    monkeypatch.setattr("soap_lab.train.init_distributed_for", lambda config: (0, 3, 0))
-    from soap_lab.train import train
+    monkeypatch.setattr("soap_lab.train.loop.init_distributed_for", lambda config: (0, 3, 0))
+    from soap_lab.train.loop import train
 
     with pytest.raises(ValueError, match="not divisible by the world size 3"):
         train(TrainConfig(preset="tiny", batch_size=8, steps=1, progress=False, save=False))

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from soap_lab import EigenAdafactor, Shampoo
-from soap_lab import equivalence as eq
+from soap_lab.equivalence import identities as eq
 from helpers import one_ulp, rel
 
 F64 = torch.float64

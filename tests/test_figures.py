@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from soap_lab import ablations, claim1, cli, figures, overhead, results, stored
+from soap_lab import ablations, cli, figures, overhead
+from soap_lab.equivalence import experiments
+from soap_lab.records import store, datasets
 
 pytest.importorskip("seaborn")
 
@@ -29,18 +31,18 @@ def test_no_scale_with_results_is_an_error_naming_the_command(synthetic_scale, t
 
 def test_data_figures_draw_from_stored_files(tmp_path):
     eq_dir, ov_dir, out = tmp_path / "eq", tmp_path / "ov", tmp_path / "fig"
-    c = claim1.claim1_study(m=5, n=4, n_batches=8, max_staleness=3, exponents=(0.25, 0.5))
+    c = experiments.claim1_study(m=5, n=4, n_batches=8, max_staleness=3, exponents=(0.25, 0.5))
     assert c["exact_error"] < 1e-10 and c["no_trace_error"] > 1e-2
-    stored.save_json(c, eq_dir / stored.CLAIM1_FILE)
-    g = claim1.gap_trajectory(frequencies=(2,), refreshes=("qr",), problems=("teaching",), steps=8, m=5, n=4, batch=16)
+    datasets.save_json(c, eq_dir / datasets.CLAIM1_FILE)
+    g = experiments.gap_trajectory(frequencies=(2,), refreshes=("qr",), problems=("teaching",), steps=8, m=5, n=4, batch=16)
     assert g["columns"]["gap_fresh"] and max(g["columns"]["gap_fresh"]) < 1e-8
-    stored.save_json(g, eq_dir / stored.GAP_FILE)
+    datasets.save_json(g, eq_dir / datasets.GAP_FILE)
     ov = {"params": {"preset": "tiny", "n_matrices": 2, "n_params": 100, "batch_size": 8, "threads": 1, "repeats": 1,
                      "window": 10},
           "adamw_step_s": 1e-3, "forward_backward_s": 1e-2,
           "summary": [{"f": f, "overhead_pct": 5 + 50 / f, "opt_ratio": 2 + 10 / f} for f in (1, 10, 100)],
           "fit": overhead.fit_floor([1, 10, 100], [5 + 50 / f for f in (1, 10, 100)])}
-    results.write_json_atomic(ov, ov_dir / "overhead_cpu.json")
+    store.write_json_atomic(ov, ov_dir / "overhead_cpu.json")
     for name in ("equivalence_claim1", "equivalence_gap", "overhead"):
         assert figures.draw(name, tmp_path / "runs", out, equivalence_dir=eq_dir, overhead_dir=ov_dir) == _files(out, name)
 
@@ -91,7 +93,7 @@ def test_one_timing_study_file_is_drawn_for_the_named_scale_only(tmp_path, monke
     from soap_lab import plot_overhead
 
     ov = {"params": {}, "summary": [{"f": 1, "overhead_pct": 5.0, "opt_ratio": 2.0}]}
-    results.write_json_atomic(ov, tmp_path / "timing.json")
+    store.write_json_atomic(ov, tmp_path / "timing.json")
     seen = {}
     monkeypatch.setattr(plot_overhead, "plot_overhead", lambda datas, out, name, runs: seen.update(datas) or [])
     figures.draw("overhead", tmp_path / "runs", tmp_path / "fig", scales={"cpu": ablations.get_scale("cpu")},
@@ -102,7 +104,7 @@ def test_one_timing_study_file_is_drawn_for_the_named_scale_only(tmp_path, monke
 def test_default_figures_dir_keeps_smoke_scales_out_of_figures():
     assert figures.default_figures_dir([ablations.get_scale("cpu")]) == figures.FIGURES_DIR
     tiny = ablations.get_scale("cpu", preset="tiny")
-    assert figures.default_figures_dir([tiny]) == results.REPO_ROOT / "out" / "figures" / tiny.name
+    assert figures.default_figures_dir([tiny]) == store.REPO_ROOT / "out" / "figures" / tiny.name
 
 
 def test_lab_modules_import_nothing_heavy():

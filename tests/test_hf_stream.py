@@ -1,11 +1,11 @@
-"""soap_lab.hf_stream: a Hugging Face ``datasets`` dataset tokenized into one stream, document by document."""
+"""soap_lab.train.hf_stream: a Hugging Face ``datasets`` dataset tokenized into one stream, document by document."""
 import json
 
 import pytest
 import torch
 
-from soap_lab import data as D
-from soap_lab.hf_stream import hf_token_stream
+from soap_lab.train import data as D
+from soap_lab.train.hf_stream import hf_token_stream
 
 
 def test_hf_token_stream_local_jsonl(tmp_path):

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from soap_lab import ablations, analysis, cli, efficiency, figures, notebook, overhead, results, step_times, stored
+from soap_lab import ablations, analysis, cli, efficiency, figures, notebook, overhead, step_times
+from soap_lab.records import store, datasets
 
 pytest.importorskip("seaborn")
 
@@ -15,15 +16,15 @@ pytest.importorskip("seaborn")
 def test_overridden_scales_write_outside_the_committed_files():
     tiny = notebook.notebook_scale("cpu", overrides={"preset": "tiny", "frequencies": [1, 10]})
     assert tiny.experiment != "paper_cpu"
-    assert overhead.default_path(tiny.name).parent == results.REPO_ROOT / "out" / "overhead"
-    assert overhead.default_path("cpu") == stored.OVERHEAD_DIR / "overhead_cpu.json"
+    assert overhead.default_path(tiny.name).parent == store.REPO_ROOT / "out" / "overhead"
+    assert overhead.default_path("cpu") == datasets.OVERHEAD_DIR / "overhead_cpu.json"
     out = figures.default_figures_dir([tiny])
-    assert out.is_relative_to(results.REPO_ROOT / "out") and tiny.name in str(out)
+    assert out.is_relative_to(store.REPO_ROOT / "out") and tiny.name in str(out)
     assert figures.default_figures_dir([ablations.get_scale("cpu"), ablations.get_scale("gpu")]) == figures.FIGURES_DIR
 
 
 def test_equivalence_notebook_writes_scratch_unless_asked_to_store():
-    nb = json.loads((results.REPO_ROOT / "notebooks" / "equivalence.ipynb").read_text())
+    nb = json.loads((store.REPO_ROOT / "notebooks" / "equivalence.ipynb").read_text())
     params = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     assert "store = False" in "".join(params["source"])
 
@@ -59,11 +60,11 @@ def test_a_corrupt_record_is_skipped_with_one_line_naming_it(synthetic_pool, syn
     root = tmp_path / "runs"
     shutil.copytree(synthetic_pool, root)
     exp = root / synthetic_scale.experiment
-    n = len(results.load(synthetic_scale.experiment, root))
+    n = len(store.load(synthetic_scale.experiment, root))
     victim = sorted(p for p in exp.glob("soap_*.json"))[-1]
     victim.write_text(victim.read_text()[:200])  # truncated
     (exp / "zz_empty.json").write_text("{}")
-    df = results.load(synthetic_scale.experiment, root)
+    df = store.load(synthetic_scale.experiment, root)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(df) == n - 1
     assert len(err) == 2 and victim.name in err[0] and "not valid JSON" in err[0] and "zz_empty.json" in err[1]
@@ -77,20 +78,20 @@ def test_figures_name_a_corrupt_lr_record_in_one_line(synthetic_pool, synthetic_
     shutil.copytree(synthetic_pool, root)
     sc = synthetic_scale
     best = [c for c in ablations.lr_sweep(sc, root) if c.optimizer == "adamw" and c.lr == 1e-2][0]
-    results.record_path(best).write_text("{}")
+    store.record_path(best).write_text("{}")
     argv = ["--runs-root", str(root), "--figures-dir", str(tmp_path / "fig"), "--scales", "cpu",
             "--scale-overrides", json.dumps(synthetic_overrides), "--only", "comparison"]
     assert cli.figures_main(argv) == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("skipped comparison")]
-    assert len(err) == 1 and results.record_path(best).name in err[0] and "Traceback" not in err[0]
+    assert len(err) == 1 and store.record_path(best).name in err[0] and "Traceback" not in err[0]
 
 
 def test_a_corrupt_data_file_is_named(tmp_path, capsys):
-    (tmp_path / stored.CLAIM1_FILE).write_text('{"params": {"m": 1')
+    (tmp_path / datasets.CLAIM1_FILE).write_text('{"params": {"m": 1')
     argv = ["--figures-dir", str(tmp_path / "fig"), "--equivalence-dir", str(tmp_path), "--only", "equivalence_claim1"]
     assert cli.figures_main(argv) == 1
     err = capsys.readouterr().err
-    assert "skipped equivalence_claim1" in err and str(tmp_path / stored.CLAIM1_FILE) in err
+    assert "skipped equivalence_claim1" in err and str(tmp_path / datasets.CLAIM1_FILE) in err
 
 
 # ---------------------------------------------------------------------------------- wall-clock

@@ -1,11 +1,11 @@
-"""soap_lab.models: the paper-style GPT, presets, and the teaching problem."""
+"""soap_lab.train.models: the paper-style GPT, presets, and the teaching problem."""
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from soap_lab.models import GPT, GPTConfig, PRESETS, anisotropic_regression, apply_rope, gpt_config, rope_tables
+from soap_lab.train.models import GPT, GPTConfig, PRESETS, anisotropic_regression, apply_rope, gpt_config, rope_tables
 
 
 def tiny(vocab=64, **kw):

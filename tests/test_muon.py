@@ -6,7 +6,7 @@ import io
 import pytest
 import torch
 
-from soap_lab.models import GPT, gpt_config
+from soap_lab.train.models import GPT, gpt_config
 from soap_lab.optim import build_optimizer, takes_named_parameters
 from soap_lab.optim.muon import MuonAdamW, split_parameters
 

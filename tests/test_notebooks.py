@@ -13,7 +13,8 @@ import os
 import nbformat
 import pytest
 
-from soap_lab import ablations, results, rerun
+from soap_lab import ablations, rerun
+from soap_lab.records import store
 
 papermill = pytest.importorskip("papermill")
 
@@ -56,7 +57,7 @@ def test_training_notebook_smoke(name, smoke_pool, smoke_overrides, tmp_path):
     execute(name, tmp_path, scale_overrides=smoke_overrides, results_root=str(root), figures_dir=str(tmp_path / "fig"),
             torch_threads=1)
     for cfg in ablations.configs(study, sc, root):
-        assert results.has_record(cfg), results.run_id(cfg)
+        assert store.has_record(cfg), store.run_id(cfg)
     for fig in figs:
         for ext in ("png", "pdf"):
             assert (tmp_path / "fig" / f"{fig}.{ext}").stat().st_size > 1000

@@ -1,15 +1,15 @@
-"""soap_lab.provenance: git commit, device, versions and time, as every stored result carries them."""
+"""soap_lab.records.provenance: git commit, device, versions and time, as every stored result carries them."""
 import re
 import subprocess
 
 import torch
 
-from soap_lab import provenance, results
+from soap_lab.records import provenance, store
 
 
 def test_git_info_reads_the_repository_holding_soap_lab():
     info = provenance.git_info()
-    head = subprocess.run(["git", "-C", str(results.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(["git", "-C", str(store.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:  # an unpacked copy without .git: nothing to report, nothing made up
         assert info == {"commit": None, "dirty": None}
         return

@@ -6,7 +6,7 @@ import torch
 
 from soap_lab import SOAP
 from soap_lab.optim import OPTIMIZERS, build_optimizer, takes_frequency, takes_named_parameters
-from soap_lab.train_config import TAKES_FREQUENCY
+from soap_lab.train.config import TAKES_FREQUENCY
 
 
 def test_every_name_builds_and_variants_carry_their_keywords():

@@ -1,7 +1,7 @@
-"""soap_lab.schedule: the paper's schedule, linear warmup from 0.1·lr then cosine decay to 0.1·lr."""
+"""soap_lab.train.schedule: the paper's schedule, linear warmup from 0.1·lr then cosine decay to 0.1·lr."""
 import pytest
 
-from soap_lab.schedule import lr_at, warmup_steps_for
+from soap_lab.train.schedule import lr_at, warmup_steps_for
 
 
 def test_schedule_exact_values():

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from scipy.stats import t as t_dist
 
-from soap_lab import ablations, results, seeded_claims
+from soap_lab import ablations, seeded_claims
+from soap_lab.records import store
 
 F = 10
 STEPS = 1000
@@ -178,4 +179,4 @@ def test_the_study_grid_holds_each_claims_runs():
         assert {c.precondition_frequency for c in soap} == {ablations.batch_frequency(sc, b)}
     assert any(c.optimizer == "shampoo" and c.batch_size == min(sc.batch_sizes) for c in cfgs)
     assert {c.seed for c in cfgs} == set(sc.seeds)
-    assert len({results.run_id(c) for c in cfgs}) == len(cfgs)  # shared runs appear once
+    assert len({store.run_id(c) for c in cfgs}) == len(cfgs)  # shared runs appear once

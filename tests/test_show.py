@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from soap_lab import results, show
+from soap_lab.records import store, show
 from soap_lab.__main__ import main
-from soap_lab.train import train
-from soap_lab.train_config import TrainConfig
+from soap_lab.train.loop import train
+from soap_lab.train.config import TrainConfig
 
-pytest.importorskip("soap_lab.models")
+pytest.importorskip("soap_lab.train.models")
 
 
 @pytest.fixture(scope="module")
@@ -52,4 +52,4 @@ def test_corrupt_record_is_a_warning_naming_the_file(runs, tmp_path):
     rows, warnings = show.summary_rows([adamw.record_path, bad, empty])
     assert [r["run_id"] for r in rows] == [adamw.run_id]
     assert len(warnings) == 2 and str(bad) in warnings[0] and str(empty) in warnings[1]
-    assert results.read_record(adamw.record_path)["run_id"] == adamw.run_id
+    assert store.read_record(adamw.record_path)["run_id"] == adamw.run_id

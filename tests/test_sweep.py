@@ -1,9 +1,9 @@
-"""soap_lab.sweep: grids, shards, resumable sweeps."""
+"""soap_lab.records.sweep: grids, shards, resumable sweeps."""
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soap_lab import results, sweep
+from soap_lab.records import store, sweep
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -17,10 +17,10 @@ def test_grid_crosses_the_axes(tmp_path, run_config):
                    seeds=[0, 1], budget_fractions=[0.5, 1.0], batch_size=8)
     # frequencies only multiply optimizers that take one
     assert len(g) == 2 * 2 * 2 + 2 * 2 * 2 * 2
-    assert len({results.run_id(c) for c in g}) == len(g)
+    assert len({store.run_id(c) for c in g}) == len(g)
     assert all(c.batch_size == 8 for c in g)
     assert {c.precondition_frequency for c in g if c.optimizer == "adamw"} == {None}
-    assert [results.run_id(c) for c in g] == [results.run_id(c) for c in sweep.grid(
+    assert [store.run_id(c) for c in g] == [store.run_id(c) for c in sweep.grid(
         run_config(tmp_path), optimizers=["adamw", "soap"], frequencies=[1, 10], lrs=[1e-3, 3e-3],
         seeds=[0, 1], budget_fractions=[0.5, 1.0], batch_size=8)]
 
@@ -52,15 +52,15 @@ class Stop(Exception):
 
 
 def test_sweep_resumes_after_an_interruption(tmp_path, run_config):
-    pytest.importorskip("soap_lab.models")
-    from soap_lab.train import train
+    pytest.importorskip("soap_lab.train.models")
+    from soap_lab.train.loop import train
 
     configs = sweep.grid(run_config(tmp_path), lrs=[1e-3, 3e-3], seeds=[0, 1])
     assert len(configs) == 4
     trained = []
 
     def counting_train(c):
-        trained.append(results.run_id(c))
+        trained.append(store.run_id(c))
         return train(c)
 
     def die_after_two(c, r):
@@ -80,14 +80,14 @@ def test_sweep_resumes_after_an_interruption(tmp_path, run_config):
     assert "(0 of 2 to train done, ETA after the first run)" in runs[0]
     assert "(1 of 2 to train done, ETA " in runs[1] and runs[1].rstrip(")").split("ETA ")[1][0].isdigit()
     assert [s["status"] for s in status].count("skipped") == 2
-    assert sorted(trained) == sorted(results.run_id(c) for c in configs if results.run_id(c) not in
+    assert sorted(trained) == sorted(store.run_id(c) for c in configs if store.run_id(c) not in
                                      {p.stem for p in done})
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in done} == before  # finished runs untouched
     assert len(list((tmp_path / "sweep").glob("*.json"))) == 4
-    assert all(results.has_record(c) for c in configs)
+    assert all(store.has_record(c) for c in configs)
 
-    df = results.load("sweep", root=tmp_path)
-    assert df.shape[0] == 4 and set(df["run_id"]) == {results.run_id(c) for c in configs}
+    df = store.load("sweep", root=tmp_path)
+    assert df.shape[0] == 4 and set(df["run_id"]) == {store.run_id(c) for c in configs}
     assert {"lr", "seed", "final_val_loss", "tokens_per_s", "optimizer_state_bytes", "git_commit"} <= set(df.columns)
     assert df["final_val_loss"].notna().all() and (df["steps_done"] == 3).all()
-    assert len(results.curves("sweep", root=tmp_path)) == 4 * 3
+    assert len(store.curves("sweep", root=tmp_path)) == 4 * 3

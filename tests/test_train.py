@@ -1,16 +1,16 @@
-"""soap_lab.train: budget fractions run their own schedule, repeatable runs, records, bad configs refused."""
+"""soap_lab.train.loop: budget fractions run their own schedule, repeatable runs, records, bad configs refused."""
 import math
 
 import pytest
 import torch
 
-from soap_lab import results
-from soap_lab.schedule import lr_at
-from soap_lab.train import optimizer_state_bytes, train
-from soap_lab.train_config import TrainConfig
+from soap_lab.records import store
+from soap_lab.train.schedule import lr_at
+from soap_lab.train.loop import optimizer_state_bytes, train
+from soap_lab.train.config import TrainConfig
 
-pytest.importorskip("soap_lab.models")
-pytest.importorskip("soap_lab.data")
+pytest.importorskip("soap_lab.train.models")
+pytest.importorskip("soap_lab.train.data")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -50,9 +50,9 @@ def test_record_has_config_metrics_and_provenance(tmp_path):
     path = tmp_path / "t" / f"{r.run_id}.json"
     assert r.record_path == path and path.is_file()
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
-    rec = results.read_record(path)
-    assert rec["run_id"] == results.run_id(config) == path.stem
-    assert rec["config"] == results.config_dict(config)
+    rec = store.read_record(path)
+    assert rec["run_id"] == store.run_id(config) == path.stem
+    assert rec["config"] == store.config_dict(config)
     assert TrainConfig.from_dict(rec["config"]) == config
     m, s, p = rec["metrics"], rec["summary"], rec["provenance"]
     assert m["step"] == [1, 2, 3, 4, 5, 6]
@@ -75,7 +75,7 @@ def test_record_has_config_metrics_and_provenance(tmp_path):
 
 
 def _model_params(config):
-    from soap_lab import data, models
+    from soap_lab.train import data, models
 
     tok = data.get_tokenizer(config.tokenizer, corpus=config.corpus, vocab_size=config.vocab_size)
     return list(models.GPT(models.gpt_config(config.preset, tok.vocab_size)).parameters())
@@ -114,7 +114,7 @@ def test_soap_trains(tmp_path, name):
 
 def test_every_record_field_is_documented(tmp_path):
     """data/runs/README.md describes every field a record holds."""
-    doc = (results.REPO_ROOT / "data" / "runs" / "README.md").read_text()
+    doc = (store.REPO_ROOT / "data" / "runs" / "README.md").read_text()
     rec = train(cfg(tmp_path)).record()
     keys = set(rec) | set(rec["config"]) | set(rec["model"]) | set(rec["summary"]) | set(rec["metrics"]) \
         | set(rec["provenance"]) | set(rec["provenance"]["device"])

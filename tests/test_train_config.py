@@ -1,8 +1,8 @@
-"""soap_lab.train_config: budget rounding, the optimizer keywords of a config, validation with allowed values."""
+"""soap_lab.train.config: budget rounding, the optimizer keywords of a config, validation with allowed values."""
 import pytest
 
 from soap_lab.optim import OPTIMIZERS, takes_frequency
-from soap_lab.train_config import (TAKES_FREQUENCY, TrainConfig, effective_steps, effective_warmup,
+from soap_lab.train.config import (TAKES_FREQUENCY, TrainConfig, effective_steps, effective_warmup,
                                    optimizer_kwargs, preset_names)
 
 
@@ -57,16 +57,16 @@ def test_validate_names_what_is_allowed(fields, message):
 
 
 def test_preset_names_are_the_models_presets():
-    from soap_lab.models import PRESETS
+    from soap_lab.train.models import PRESETS
 
     assert preset_names() == tuple(PRESETS)
 
 
 def test_train_without_f_is_the_same_run_as_a_sweep_at_the_default_f():
     """`train --optimizer soap` (no -f) and a sweep at f = 10 used to be two records (soap_lr… and soap_f10_…)."""
-    from soap_lab import results
+    from soap_lab.records import store
 
     plain, swept = TrainConfig(optimizer="soap"), TrainConfig(optimizer="soap", precondition_frequency=10)
     assert plain.precondition_frequency == 10
-    assert results.run_id(plain) == results.run_id(swept) and results.run_id(plain).startswith("soap_f10_")
+    assert store.run_id(plain) == store.run_id(swept) and store.run_id(plain).startswith("soap_f10_")
     assert TrainConfig(optimizer="adamw").precondition_frequency is None

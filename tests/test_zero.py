@@ -140,7 +140,7 @@ def _worker(rank: int, root: str) -> None:
         )
     out["nonfinite"] = _nonfinite(rank)
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))  # what torchrun sets
-    from soap_lab.train import train
+    from soap_lab.train.loop import train
 
     res = train(train_config(root, "zero", zero=True))
     out["train"] = dict(summary=res.summary, provenance=res.provenance, metrics=res.metrics, run_id=res.run_id)
@@ -150,7 +150,7 @@ def _worker(rank: int, root: str) -> None:
 
 def train_config(root, experiment: str, **kw):
     """A tiny float64 SOAP run (as tests/test_ddp.py: full-rank factors, so round-off stays round-off)."""
-    from soap_lab.train import TrainConfig
+    from soap_lab.train.loop import TrainConfig
 
     return TrainConfig(optimizer="soap", precondition_frequency=2, dtype="float64", hparams={"max_precond_dim": 32},
                        preset="tiny", steps=4, batch_size=8, eval_every=2, eval_batches=1, lr=0.01, progress=False,
@@ -248,16 +248,16 @@ def test_nonfinite_gradient_stops_every_rank_alike(runs):
 
 
 def test_train_with_zero_gives_the_single_process_losses(runs):
-    pytest.importorskip("soap_lab.models")
-    from soap_lab import results
-    from soap_lab.train import train
+    pytest.importorskip("soap_lab.train.models")
+    from soap_lab.records import store
+    from soap_lab.train.loop import train
 
     _, _, ranks, root = runs
     one = train(train_config(root, "single"))
     z0, z1 = ranks[0]["train"], ranks[1]["train"]
     assert z0["run_id"] == one.run_id  # zero is not part of the run id
     assert z0["provenance"]["world_size"] == 2 and z0["provenance"]["zero_estimated_imbalance"] >= 1.0
-    assert results.read_record(root / "zero" / f"{one.run_id}.json")["config"]["zero"] is True
+    assert store.read_record(root / "zero" / f"{one.run_id}.json")["config"]["zero"] is True
     # As tests/test_ddp.py: the gradients' all-reduce changes the summation order, hence 1e-5.
     assert z0["metrics"]["loss"] == pytest.approx(one.metrics["loss"], rel=1e-5)
     assert z0["metrics"]["val_loss"] == pytest.approx(one.metrics["val_loss"], rel=1e-5)
@@ -267,8 +267,8 @@ def test_train_with_zero_gives_the_single_process_losses(runs):
 
 
 def test_train_refuses_zero_without_a_process_group(tmp_path):
-    pytest.importorskip("soap_lab.models")
-    from soap_lab.train import train
+    pytest.importorskip("soap_lab.train.models")
+    from soap_lab.train.loop import train
 
     with pytest.raises(ValueError, match="zero=True needs a process group"):
         train(train_config(tmp_path, "x", zero=True))
