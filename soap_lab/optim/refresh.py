@@ -51,7 +51,9 @@ relative error at staleness 1e-2, 5% at 1e-3, nothing resolved below 3e-4 (reads
 :data:`DIRECT_BELOW` (1e-2 for float32 state, 1e-6 for float64) the policy computes B = Qᵀ(P·Q) itself and
 reads the off-diagonal mass directly off B with its diagonal zeroed (``direct=True``: 2n³ more per check; no
 cancellation; measured within 1e-3 relative down to 1e-4 in float32). ``tests/test_refresh.py`` checks both
-against the closed form of a diagonal factor rotated by known angles.
+against the closed form of a diagonal factor P = diag(a_1, b_1, a_2, b_2, …) in a basis that rotates each plane
+(a_i, b_i) by θ: each 2×2 block of QᵀPQ is [[a c² + b s², (b − a) s c], [(b − a) s c, a s² + b c²]]
+(c = cos θ, s = sin θ), so staleness = |sin 2θ| / √2 · √(Σ (a − b)²) / √(Σ (a² + b²)).
 
 Cost. A check costs P·Q (2n³, reused by a QR refresh that follows) + O(n²) (+2n³ direct); a skipped SOAP refresh
 saves the orthonormalization, the momentum's rotations and the state's permutation
@@ -186,16 +188,6 @@ def staleness(P: Tensor, Q: Tensor, PQ: Tensor, *, direct: bool = False, work: O
         total = torch.linalg.vector_norm(P, dim=-1).double().square().sum(-1)
         off2 = total - d2
     return (off2 / total.clamp_min(torch.finfo(torch.float64).tiny)).clamp_(0.0, 1.0).sqrt_()
-
-
-def closed_form_staleness(eigenvalues: Sequence[Tuple[float, float]], theta: float) -> float:
-    """The staleness of P = diag(a_1, b_1, a_2, b_2, …) in the basis Q that rotates each plane (a_i, b_i) by θ:
-    each 2×2 block of QᵀPQ is [[a c² + b s², (b − a) s c], [(b − a) s c, a s² + b c²]] (c = cos θ, s = sin θ), so
-    ‖B − diag B‖²_F = Σ 2 (a − b)² s² c² and ‖B‖_F = ‖P‖_F:
-    staleness = |sin 2θ| / √2 · √(Σ (a − b)²) / √(Σ (a² + b²)). (The test oracle of :func:`staleness`.)"""
-    num = sum((a - b) ** 2 for a, b in eigenvalues)
-    den = sum(a * a + b * b for a, b in eigenvalues)
-    return abs(math.sin(2 * theta)) / math.sqrt(2) * math.sqrt(num / den) if den else 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------
