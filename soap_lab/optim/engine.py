@@ -299,11 +299,8 @@ class EigenbasisOptimizer(LabOptimizer):
         if rule.follows_basis:
             rule.follow(s, perms, work=buf)
         rule.on_new_basis(s, states, cfg, evals, t)
-        flops = self._factor_flops(s, cfg, rule)
-        for p in s.params:
-            for d, q in enumerate(s.Q):
-                if q is not None:
-                    self._refresh_stats.refreshed(p, d, q.shape[-1], flops[d])
+        self._refresh_stats.stack_refreshed(s.params, lambda: (
+            [None if q is None else q.shape[-1] for q in s.Q], len(s.params) * sum(self._factor_flops(s, cfg, rule))))
 
     # -- refresh policies (refresh.py decides when; the refresh itself is the one above) ------------------
     def _scheduled_refresh(self, s: Stack, states: List[dict], cfg: BasisConfig, rule, t: int, phase: int,

@@ -69,10 +69,11 @@ Statistics count this optimizer instance's steps (they are diagnostics, not part
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from collections import deque
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -206,10 +207,13 @@ class _Factor:
 class RefreshStats:
     """Counts and a bounded staleness log of one optimizer's refreshes and checks (see the module docstring).
 
-    Keyed by parameter identity; :meth:`summary` turns that into indices in ``param_groups`` order."""
+    Keyed by parameter identity; :meth:`summary` turns that into indices in ``param_groups`` order. A whole-stack
+    refresh (the fixed policy's every refresh) costs one counter increment (:meth:`stack_refreshed`), not one per
+    factor: the fixed path stays as cheap as before."""
 
     def __init__(self, log_max: int = LOG_MAX):
         self.factors: Dict[int, Dict[int, _Factor]] = {}
+        self.stacks: Dict[int, list] = {}  # id(stack's params list) -> [params, sizes per dim, flops, count]
         self.log: deque = deque(maxlen=log_max)
         self.logged = 0
         self.check_steps = 0
@@ -225,8 +229,19 @@ class RefreshStats:
         return fac
 
     def refreshed(self, p: Tensor, d: int, size: int, flops: float) -> None:
+        """One factor refreshed (a partial refresh of a stack)."""
         self._factor(p, d, size).refreshes += 1
         self.refresh_flops += flops
+
+    def stack_refreshed(self, params: List[Tensor], describe: Callable[[], Tuple[List[Optional[int]], float]]) -> None:
+        """Every factor of every member of a stack refreshed. ``params`` is the stack's own list (held here, so its
+        id stays unique); ``describe()`` -> (factor sizes per dimension, None where not preconditioned; estimated
+        FLOPs of the whole stack's refresh), called once per stack."""
+        rec = self.stacks.get(id(params))
+        if rec is None:
+            rec = self.stacks[id(params)] = [params, *describe(), 0]
+        rec[3] += 1
+        self.refresh_flops += rec[2]
 
     def checked(self, t: int, p: Tensor, d: int, size: int, value: float, refreshed: bool, check_flops: float,
                 skipped_flops: float) -> None:
@@ -249,10 +264,20 @@ class RefreshStats:
             for pi, p in enumerate(group["params"]):
                 index[id(p)] = (i, gi, pi, p)
                 i += 1
+        counts: Dict[int, Dict[int, Tuple[int, int]]] = {}  # id(p) -> dim -> (size, whole-stack refreshes)
+        for members, sizes, _, n in self.stacks.values():
+            for p in members:
+                per = counts.setdefault(id(p), {})
+                for d, size in enumerate(sizes):
+                    if size is not None:
+                        per[d] = (size, per.get(d, (size, 0))[1] + n)
         params = []
-        for pid, per in self.factors.items():
+        for pid in sorted(set(self.factors) | set(counts), key=lambda pid: index.get(pid, (-1,))[0]):
             if pid not in index:
                 continue
+            per = {d: copy.copy(fac) for d, fac in self.factors.get(pid, {}).items()}
+            for d, (size, n) in counts.get(pid, {}).items():
+                per.setdefault(d, _Factor(size)).refreshes += n
             i, gi, pi, p = index[pid]
             names = param_groups[gi].get("param_names")
             params.append({
