@@ -19,7 +19,9 @@ decides *when*, per Kronecker factor (each side L, R, … of each parameter), th
     step at f = 10, where per-parameter offsets reach 1.33× and 1.10× (cost model). The ordinary step keeps
     its stacks; a refresh step refreshes just the due members of a stack (batched over runs of consecutive
     members). Offsets are deterministic given the parameters and the config, and kept in each parameter's state
-    (``state["refresh_offset"]``), so ``state_dict`` carries them and a resumed run keeps them.
+    (``state["refresh_offset"]``), so ``state_dict`` carries them and a resumed run keeps them. Under ZeRO-1
+    (:mod:`.zero`) each rank assigns the cost-model offsets over its own share (explicit ``refresh_offsets``, one
+    per parameter of the whole group, do not fit a rank's share and are refused there).
 
 ``"adaptive"`` — Purifying Shampoo's criterion (Eschenhagen et al. 2025, arXiv 2506.03595, §5: the
     termination test of a warm-started QR algorithm). Every f steps (f is then the *check* interval) each factor
@@ -112,7 +114,7 @@ def validate(cfg) -> None:
         _fail("refresh_offsets", offsets, f"None unless refresh_policy='staggered' (it is {cfg.refresh_policy!r})")
     if not isinstance(offsets, tuple) or not all(isinstance(o, int) and not isinstance(o, bool) and 0 <= o < f
                                                  for o in offsets):
-        _fail("refresh_offsets", offsets, f"None or a tuple of integers in [0, precondition_frequency={f})")
+        _fail("refresh_offsets", offsets, f"None or a sequence of integers in [0, precondition_frequency={f})")
 
 
 def offsets_option(offsets: Optional[Iterable[Any]]) -> Optional[Tuple[Any, ...]]:
