@@ -21,10 +21,23 @@ def _rotate(x, QL, QR, back=False):
     return x
 
 
+def _staleness(P, Q):
+    """‖B − diag B‖_F / ‖B‖_F of B = QᵀPQ, formed in float64 (Purifying Shampoo's criterion, computed plainly)."""
+    B = Q.T @ P @ Q
+    total = float(B.norm())
+    return 0.0 if total == 0 else float((B - torch.diag(torch.diag(B))).norm()) / total
+
+
 def reference_soap(init, grads, lr=3e-3, betas=(0.95, 0.95), eps=1e-8, weight_decay=0.01, f=10,
-                   max_precond_dim=10000, shampoo_beta=-1, normalize_grads=False, correct_bias=True):
+                   max_precond_dim=10000, shampoo_beta=-1, normalize_grads=False, correct_bias=True,
+                   offsets=None, tolerance=None, log=None):
     """Run SOAP from parameters ``init`` over the gradient lists ``grads`` (one list per call); return the
-    final parameters. The first call only builds L, R and Q (no weight update), as the reference does."""
+    final parameters. The first call only builds L, R and Q (no weight update), as the reference does.
+
+    Refresh policies (soap_lab.optim.refresh), written out: ``offsets`` (one per parameter): parameter i refreshes
+    at steps t with (t − offsets[i]) % f == 0 (staggered); ``tolerance`` τ: at steps t % f == 0 each side is
+    refreshed only if its staleness is not below τ (adaptive), and ``log`` (a list) receives
+    (t, parameter index, side, staleness) of every check."""
     b1, b2 = betas
     beta = shampoo_beta if shampoo_beta >= 0 else b2
     out = []
@@ -56,10 +69,16 @@ def reference_soap(init, grads, lr=3e-3, betas=(0.95, 0.95), eps=1e-8, weight_de
             if call == 0:                                            # first call: eigenbases, no step
                 QL = _eigvecs_descending(L) if L is not None else None
                 QR = _eigvecs_descending(R) if R is not None else None
-            elif t % f == 0:                                         # Algorithm 4: sort, permute V, one QR
+            elif (t - (offsets[i] if offsets else 0)) % f == 0:      # Algorithm 4: sort, permute V, one QR
                 for side, (P, Q) in enumerate(((L, QL), (R, QR))):
                     if P is None:
                         continue
+                    if tolerance is not None:                        # adaptive: keep a basis that is fresh
+                        s = _staleness(P, Q)
+                        if log is not None:
+                            log.append((t, i, side, s))
+                        if s < tolerance:
+                            continue
                     order = torch.argsort(torch.diag(Q.T @ P @ Q), descending=True)
                     V = V[order, :] if side == 0 else V[:, order]
                     Q = torch.linalg.qr(P @ Q[:, order]).Q

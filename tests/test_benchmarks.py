@@ -134,3 +134,28 @@ def test_versus_runs_the_core_against_a_commit(tmp_path, capsys):
     assert [r["optimizer"] for r in res["rows"]] == ["soap", "shampoo", "eigen_adafactor"]
     assert all(r["ratio"] > 0 and r["max_rel_param_diff"] >= 0.0 for r in res["rows"])
     assert "now / baseline" in capsys.readouterr().out
+
+
+def test_refresh_benchmark_quick_mode_runs_every_part(tmp_path, capsys):
+    """benchmarks/refresh.py --quick: the policies side by side, the stack part and the training loop at f = 1."""
+    bench = _load("refresh")
+    assert bench.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "refresh_tiny2_f2.json").read_text())
+    rows = {r["policy"]: r for r in res["policies"]["rows"]}
+    assert list(rows) == ["fixed", "staggered", "adaptive_tau0", "adaptive_never"]
+    for r in rows.values():
+        assert 0 < r["ms_median"] <= r["ms_p99"] <= r["ms_max"] and r["ms_mean"] > 0
+    assert rows["fixed"]["checks"] == 0 and rows["fixed"]["refreshes"] == rows["staggered"]["refreshes"] > 0
+    assert rows["adaptive_tau0"]["refreshes"] == rows["adaptive_tau0"]["checks"] == rows["fixed"]["refreshes"]
+    assert rows["adaptive_never"]["refreshes"] == 0 and rows["adaptive_never"]["checks"] > 0
+    assert res["policies"]["model_refresh_load"]["max_over_mean"] >= 1.0
+    stack = res["stack"]
+    assert stack["members"] >= 2 and stack["ms_whole_refresh"] > 0 and stack["ms_check_direct"] > 0
+    assert [p["members"] for p in stack["partial"]] == [1]
+    train = {r["variant"]: r for r in res["train"]["rows"]}
+    assert list(train) == ["fixed", "adaptive_tau0.05"]
+    assert train["fixed"]["refreshes_per_factor"] == 3.0  # 4 steps at f = 1: steps 1-3 refresh (the first call builds)
+    assert train["adaptive_tau0.05"]["checks"] > 0 and train["fixed"]["ms_per_step"] > 0
+    assert {"git_commit", "torch", "cpu"} <= set(res["provenance"])
+    md = (tmp_path / "refresh_tiny2_f2.md").read_text()
+    assert "| staggered |" in md and "members refreshed" in md and "Training loop" in md and "Provenance" in md

@@ -17,10 +17,11 @@ the current factors at every step (``precondition_frequency=1``, ``statistics="f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 from . import rules
 from .engine import FACTOR_UPDATES, BasisConfig, EigenbasisOptimizer, _check
+from .refresh import offsets_option
 
 __all__ = ["Adafactor", "EigenAdafactor", "AdafactorConfig", "EigenAdafactorConfig", "STATISTICS",
            "FACTOR_UPDATES"]
@@ -127,6 +128,9 @@ class EigenAdafactor(_AdafactorRule, EigenbasisOptimizer):
             into the current basis, which are exactly diag(Q_Lᵀ L Q_L), diag(Q_Rᵀ R Q_R) and Tr L — the
             idealized form of Claim 1. ``"factors"`` needs every dimension of a tensor preconditioned; other
             tensors (e.g. 1-D parameters) use the running statistics.
+        refresh_policy ("fixed"), refresh_tolerance (0.0), refresh_offsets (None): when bases are refreshed,
+            as in :class:`soap_lab.SOAP` (:mod:`soap_lab.optim.refresh`): "fixed" every f steps, "staggered" at
+            per-parameter offsets, "adaptive" only factors whose relative off-diagonal mass is not below τ.
 
     Claim 1 as a trajectory: ``EigenAdafactor(factor_update="before", precondition_frequency=1,
     refresh="eigh", statistics="factors", eps=0)`` equals ``Shampoo(exponent=0.5, trace_scaling=True,
@@ -155,12 +159,16 @@ class EigenAdafactor(_AdafactorRule, EigenbasisOptimizer):
         qr_method: str = "cholesky",
         bucket: bool = True,
         on_nonfinite: str = "raise",
+        refresh_policy: str = "fixed",
+        refresh_tolerance: float = 0.0,
+        refresh_offsets: Optional[Sequence[int]] = None,
     ):
         config = EigenAdafactorConfig(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias,
             clip_threshold=clip_threshold, precondition_frequency=int(precondition_frequency),
             shampoo_beta=shampoo_beta, max_precond_dim=int(max_precond_dim), precondition_1d=precondition_1d,
             refresh=refresh, factor_update=factor_update, statistics=statistics, qr_method=qr_method,
-            bucket=bool(bucket),
+            bucket=bool(bucket), refresh_policy=refresh_policy, refresh_tolerance=refresh_tolerance,
+            refresh_offsets=offsets_option(refresh_offsets),
         )
         super().__init__(params, config, on_nonfinite=on_nonfinite)

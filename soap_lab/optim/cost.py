@@ -47,6 +47,8 @@ __all__ = [
     "rank_loads",
     "imbalance",
     "BUCKET_TOLERANCE",
+    "factor_refresh_flops",
+    "factor_check_flops",
 ]
 
 
@@ -125,6 +127,27 @@ def step_cost(optimizer_class: type, shape: Sequence[int], hparams: Optional[Map
     method = hp.get("refresh", "qr" if kind == "SOAP" else "eigh")
     refresh = 2.0 * cube + (weights.qr if method == "qr" else weights.eigh) * cube + 2 * rotate
     return StepCost(step, refresh, every)
+
+
+def factor_refresh_flops(size: int, numel: int, method: str, carry: bool = True,
+                         weights: CostWeights = CostWeights()) -> float:
+    """Estimated cost of refreshing *one* factor (size s) of an N-entry tensor, the per-factor share of
+    :func:`step_cost`'s ``refresh``: P·Q 2s³ (for the sort; skipped by an eigh refresh without ``carry``) + the
+    orthonormalization QR·s³ (``method="qr"``) or EIGH·s³ (``"eigh"``) + the momentum's rotation into the new
+    basis 4·N·s (``carry``). Shampoo's refresh is ``factor_refresh_flops(s, N, "eigh", carry=False)`` = EIGH·s³.
+    Summed over a parameter's factors this is :func:`step_cost`'s refresh (tested); the refresh policies
+    (:mod:`.refresh`) count it per factor refreshed."""
+    s3 = float(size) ** 3
+    if method == "eigh" and not carry:
+        return weights.eigh * s3
+    return 2.0 * s3 + (weights.qr if method == "qr" else weights.eigh) * s3 + 4.0 * numel * size
+
+
+def factor_check_flops(size: int, direct: bool = False) -> float:
+    """Estimated cost of the adaptive policy's staleness check of one factor of size s (:mod:`.refresh`): P·Q
+    2s³ (reused by a QR refresh that follows), plus Qᵀ(P·Q) 2s³ when the off-diagonal mass is computed
+    directly; the O(s²) reductions are left out."""
+    return (4.0 if direct else 2.0) * float(size) ** 3
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -200,6 +200,7 @@ def rotated_diagonal(q: Tensor, PQ: Tensor, work: Optional[Tensor] = None) -> Te
 def refresh_bases(
     GG: Bases, Q: Bases, method: str = "qr", qr_method: str = "householder", *, follow: bool = True,
     out: Optional[Bases] = None, work: Optional[Callable[[Tensor, int], List[Tensor]]] = None,
+    pq: Optional[Sequence[Optional[Tensor]]] = None,
 ) -> Tuple[Bases, List[Optional[Tensor]], Bases]:
     """Refresh each basis; return ``(new bases, permutations, eigenvalues)`` per dimension.
 
@@ -220,6 +221,8 @@ def refresh_bases(
     Buffers (optional; same numbers either way): ``out[d]`` receives the new basis in place and may be ``Q[d]``
     itself (read before it is written); ``work(like, 2)`` returns two scratch tensors shaped like ``GG[d]`` for
     P·Q, its sorted copy and the Gram matrix, so that a QR refresh allocates nothing of size n².
+    ``pq[d]`` (optional): P·Q already computed (by the adaptive refresh policy's staleness check,
+    :mod:`.refresh`) — used instead of computing it again; it must not alias ``out[d]`` or the work buffers.
     """
     if method not in ("qr", "eigh"):
         raise ValueError(f"refresh method must be 'qr' or 'eigh', got {method!r}")
@@ -234,7 +237,7 @@ def refresh_bases(
         order = None
         if method == "qr" or follow:
             A, B = work(P, 2) if work is not None else (torch.empty_like(P), torch.empty_like(P))
-            PQ = torch.matmul(P, q, out=A)
+            PQ = torch.matmul(P, q, out=A) if pq is None or pq[d] is None else pq[d]
             est = rotated_diagonal(q, PQ, work=B)
             order = torch.argsort(est, dim=-1, descending=True, stable=True)
         if method == "qr":

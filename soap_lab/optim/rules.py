@@ -70,8 +70,11 @@ class Rule:
     def follow(self, s: Stack, perms: List[Optional[Tensor]], work: Tensor) -> None:
         """Reorder per-coordinate state after a refresh sorted the basis slots by ``perms``."""
 
-    def on_new_basis(self, s: Stack, states: List[dict], cfg, evals, t: int) -> None:
-        """Called with the eigenvalues (or their estimates) after every new basis."""
+    def on_new_basis(self, s: Stack, states: List[dict], cfg, evals, t: int,
+                     members: Optional[List[Optional[List[int]]]] = None) -> None:
+        """Called with the eigenvalues (or their estimates) after every new basis. ``members`` (a refresh of some
+        members only, :mod:`.refresh`): per dimension, the members refreshed, and ``evals[d]`` holds their rows
+        only (in that order); the other members keep what they had."""
 
 
 class Adam(Rule):
@@ -172,9 +175,14 @@ class ShampooRoots(Rule):
     def refresh_method(self, cfg) -> str:
         return "eigh"
 
-    def on_new_basis(self, s, states, cfg, evals, t):
+    def on_new_basis(self, s, states, cfg, evals, t, members=None):
         _, bc2 = _bias_corrections(cfg, t)
-        s.replace("D", [None if lam is None else (lam / bc2).clamp_min_(0) for lam in evals], states)
+        if members is None:
+            s.replace("D", [None if lam is None else (lam / bc2).clamp_min_(0) for lam in evals], states)
+            return
+        for D, lam, rows in zip(s.stacked["D"], evals, members):  # a kept basis keeps its eigenvalues
+            if rows:
+                D.index_copy_(0, torch.tensor(rows, device=D.device), (lam / bc2).clamp_min_(0))
 
     def _scale(self, s: Stack, cfg, like: Tensor) -> Tensor:
         """(λ_i + ε)^-e (μ_j + ε)^-e (× (Tr GG)^((k−1)/2) with ``trace_scaling``), broadcast per layer; an

@@ -25,10 +25,11 @@ between (as in practice, e.g. DistributedShampoo). The factors take the current 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 from . import rules
 from .engine import BasisConfig, EigenbasisOptimizer, _check
+from .refresh import offsets_option
 
 __all__ = ["Shampoo", "ShampooConfig", "GRAFTING"]
 
@@ -85,6 +86,14 @@ class Shampoo(EigenbasisOptimizer):
         correct_bias (True): momentum divided by 1−β1^t, factors and Adam's V by 1−β2^t.
         bucket (True): stack same-layout parameters (same numbers up to round-off).
         on_nonfinite ("raise"): "raise" on NaN/Inf gradients or "skip" the step.
+        refresh_policy ("fixed"): when bases are refreshed (:mod:`soap_lab.optim.refresh`): "fixed" (the paper's
+            every f steps), "staggered" (every f steps per parameter, at offsets that spread the refresh cost
+            over the steps), "adaptive" (each factor checked every f steps, refreshed only where its relative
+            off-diagonal mass is not below ``refresh_tolerance``; Purifying Shampoo's criterion).
+        refresh_tolerance (0.0): τ of "adaptive", ≥ 0 (0: every check refreshes, i.e. fixed; > 1: never after
+            the first basis); must be 0 with the other policies.
+        refresh_offsets (None): "staggered": one offset in [0, f) per parameter of the group, or None (from the
+            cost model).
     """
 
     Config = ShampooConfig
@@ -108,6 +117,9 @@ class Shampoo(EigenbasisOptimizer):
         *,
         bucket: bool = True,
         on_nonfinite: str = "raise",
+        refresh_policy: str = "fixed",
+        refresh_tolerance: float = 0.0,
+        refresh_offsets: Optional[Sequence[int]] = None,
     ):
         f, start = int(precondition_frequency), int(start_preconditioning_step)
         config = ShampooConfig(
@@ -115,6 +127,8 @@ class Shampoo(EigenbasisOptimizer):
             trace_scaling=trace_scaling, grafting=grafting, grafting_eps=grafting_eps, precondition_frequency=f,
             start_preconditioning_step=start if start >= 1 else f, max_precond_dim=int(max_precond_dim),
             precondition_1d=precondition_1d, correct_bias=correct_bias, bucket=bool(bucket),
+            refresh_policy=refresh_policy, refresh_tolerance=refresh_tolerance,
+            refresh_offsets=offsets_option(refresh_offsets),
         )
         super().__init__(params, config, on_nonfinite=on_nonfinite)
 

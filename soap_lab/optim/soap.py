@@ -26,13 +26,14 @@ scales the updated weight (torch's AdamW decays the weight first).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Tuple
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 from . import rules
 from .engine import DATA_FORMATS, MOMENTUM_SPACES, REFRESH_METHODS, BasisConfig, EigenbasisOptimizer
 from .linalg import ORTHO_METHODS as QR_METHODS
+from .refresh import REFRESH_POLICIES, offsets_option
 
-__all__ = ["SOAP", "SOAPConfig", "REFRESH_METHODS", "MOMENTUM_SPACES", "DATA_FORMATS", "QR_METHODS"]
+__all__ = ["SOAP", "SOAPConfig", "REFRESH_METHODS", "MOMENTUM_SPACES", "DATA_FORMATS", "QR_METHODS", "REFRESH_POLICIES"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,14 @@ class SOAP(EigenbasisOptimizer):
             Householder fallback (:func:`soap_lab.optim.linalg.orthonormalize`), or "householder" (the
             reference's ``torch.linalg.qr``). Same Q up to round-off and column signs.
         on_nonfinite ("raise"): "raise" a FloatingPointError on NaN/Inf gradients, or "skip" the step.
+        refresh_policy ("fixed"): when bases are refreshed (:mod:`soap_lab.optim.refresh`): "fixed" (the paper's
+            every f steps), "staggered" (every f steps per parameter, at offsets that spread the refresh cost
+            over the steps), "adaptive" (each factor checked every f steps, refreshed only where its relative
+            off-diagonal mass is not below ``refresh_tolerance``; Purifying Shampoo's criterion).
+        refresh_tolerance (0.0): τ of "adaptive", ≥ 0 (0: every check refreshes, i.e. fixed; > 1: never after
+            the first basis); must be 0 with the other policies.
+        refresh_offsets (None): "staggered": one offset in [0, f) per parameter of the group, or None (from the
+            cost model).
     """
 
     Config = SOAPConfig
@@ -108,6 +117,9 @@ class SOAP(EigenbasisOptimizer):
         bucket: bool = True,
         qr_method: str = "cholesky",
         on_nonfinite: str = "raise",
+        refresh_policy: str = "fixed",
+        refresh_tolerance: float = 0.0,
+        refresh_offsets: Optional[Sequence[int]] = None,
     ):
         config = SOAPConfig(
             lr=lr, betas=tuple(betas), shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
@@ -115,6 +127,8 @@ class SOAP(EigenbasisOptimizer):
             merge_dims=merge_dims, precondition_1d=precondition_1d, normalize_grads=normalize_grads,
             data_format=data_format, correct_bias=correct_bias, refresh=refresh, one_sided=one_sided,
             factorized=factorized, momentum_space=momentum_space, bucket=bool(bucket), qr_method=qr_method,
+            refresh_policy=refresh_policy, refresh_tolerance=refresh_tolerance,
+            refresh_offsets=offsets_option(refresh_offsets),
         )
         super().__init__(params, config, on_nonfinite=on_nonfinite)
 

@@ -49,6 +49,31 @@ class Workspace:
         self._views[(*key, like.shape, count)] = views
         return views
 
+    def aligned(self, likes: Sequence[Tensor]) -> List[Tensor]:
+        """One tensor shaped like each of ``likes`` (dtype and device of the first; contents undefined), disjoint,
+        each starting on a 64-byte boundary like the first view of :meth:`buffers` (a GEMM writing into any of
+        them takes the same code path as one writing into ``buffers(...)[0]``: MKL's round-off may depend on
+        alignment). Used by the adaptive refresh policy to hold P·Q of every factor of a stack at once."""
+        like0 = likes[0]
+        key = (like0.dtype, like0.device)
+        shapes = tuple(tuple(x.shape) for x in likes)
+        views = self._views.get((*key, "aligned", shapes))
+        if views is not None:
+            return views
+        unit = max(1, 64 // like0.element_size())
+        starts, end = [], 0
+        for x in likes:
+            starts.append(end)
+            end += -(-x.numel() // unit) * unit
+        flat = self._flat.get(key)
+        if flat is None or flat.numel() < end:
+            flat = torch.empty(end, dtype=like0.dtype, device=like0.device)
+            self._flat[key] = flat
+            self._views = {k: v for k, v in self._views.items() if k[:2] != key}
+        views = [flat[s:s + x.numel()].view(x.shape) for s, x in zip(starts, likes)]
+        self._views[(*key, "aligned", shapes)] = views
+        return views
+
 
 class Stack:
     """Stacked state of same-layout parameters.
