@@ -90,8 +90,9 @@ def _num(x: Any) -> str:
 
 
 def run_id(config: Any) -> str:
-    """``<optimizer>[_f<freq>][_<refresh>]_lr<lr>_bs<batch>_s<seed>_budget<fraction>_<hash>``, e.g.
-    ``soap_f10_lr0.01_bs16_s0_budget1.0_1a2b3c4d``; the refresh appears when the config sets one (``eigh``).
+    """``<optimizer>[_f<freq>][_<refresh>][_<policy>]_lr<lr>_bs<batch>_s<seed>_budget<fraction>_<hash>``, e.g.
+    ``soap_f10_lr0.01_bs16_s0_budget1.0_1a2b3c4d``; the refresh appears when the config sets one (``eigh``), the
+    refresh policy when it is not the paper's fixed one (``adaptive0.03``: τ = 0.03; ``staggered``).
 
     Records written before commit 9e0877d are named ``<optimizer>[_f<freq>]_lr<lr>_s<seed>_b<fraction>_<hash>``;
     the hash (:func:`run_key`) is what identifies a run, so :func:`record_path` and the analysis find them too.
@@ -100,9 +101,12 @@ def run_id(config: Any) -> str:
     parts = [str(d["optimizer"])]
     if d.get("precondition_frequency") is not None:
         parts.append(f"f{d['precondition_frequency']}")
-    refresh = (d.get("hparams") or {}).get("refresh")
-    if refresh:
-        parts.append(str(refresh))
+    hp = d.get("hparams") or {}
+    if hp.get("refresh"):
+        parts.append(str(hp["refresh"]))
+    if hp.get("refresh_policy") not in (None, "fixed"):
+        parts.append(f"{hp['refresh_policy']}{_num(float(hp.get('refresh_tolerance', 0.0)))}"
+                     if hp["refresh_policy"] == "adaptive" else str(hp["refresh_policy"]))
     parts.append(f"lr{_num(float(d['lr']))}")
     parts.append(f"bs{d['batch_size']}")
     parts.append(f"s{d['seed']}")

@@ -40,6 +40,7 @@ from ..records.provenance import environment_info, git_info, now_iso
 from .schedule import lr_at
 # The config is part of this module's API (``train(TrainConfig)``).
 from .config import TrainConfig, effective_steps, effective_warmup, optimizer_kwargs
+from .refresh_log import RefreshLog
 
 __all__ = ["TrainConfig", "RunResult", "train", "evaluate", "optimizer_state_bytes"]
 
@@ -198,6 +199,9 @@ def train(config: TrainConfig) -> RunResult:
         k: [] for k in ("step", "loss", "lr", "grad_norm", "time", "step_time", "opt_time",
                         "val_step", "val_loss", "val_time")
     }
+    refresh_log = RefreshLog(optimizer, model, steps, config.precondition_frequency)
+    if refresh_log.active:
+        metrics["staleness"] = []  # [step, factor kind, mean staleness over layers, fraction refreshed]
     state_bytes = 0
     diverged = False
     train_time = 0.0  # wall-clock of training steps, evaluation excluded
@@ -206,6 +210,8 @@ def train(config: TrainConfig) -> RunResult:
         torch.cuda.reset_peak_memory_stats(device)
 
     def run_eval(step: int) -> None:
+        if refresh_log.active:
+            refresh_log.poll(metrics.setdefault("staleness", []))
         vl = evaluate(model, val, device, autocast)
         metrics["val_step"].append(step)
         metrics["val_loss"].append(vl)
@@ -224,6 +230,8 @@ def train(config: TrainConfig) -> RunResult:
         metrics, train_time, state_bytes = resumed["metrics"], resumed["train_time"], resumed["state_bytes"]
         checkpoint.set_rng_state(resumed["rng"])
         start = resumed["step"]
+        if rank == 0:
+            print(f"{run_id}: resumed from step {start} of {steps} ({ckpt_file})", flush=True)
 
     def save_checkpoint(step: int) -> None:
         opt_state = _consolidated(optimizer) if config.zero else optimizer.state_dict()
@@ -297,7 +305,11 @@ def train(config: TrainConfig) -> RunResult:
             run_eval(steps)
     bar.close()
 
+    if refresh_log.active and diverged:
+        refresh_log.poll(metrics.setdefault("staleness", []))
     summary = _summary(config, metrics, steps, warmup, tokens_per_step, train_time, state_bytes, diverged)
+    if refresh_log.active:
+        summary["refresh"] = refresh_log.summary()
     summary["seq_len_used"] = seq_len
     summary["num_params"] = sum(p.numel() for p in model.parameters())
     summary["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
