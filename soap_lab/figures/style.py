@@ -96,7 +96,7 @@ def panel_rows(data: Mapping[str, Any], ncols: int, width: float = 4.6, height: 
 
 def footer(fig, lines: Sequence[str]) -> None:
     """Small text under the panels: scale, device, caveats (one line each)."""
-    lines = [ln for ln in lines if ln]
+    lines = list(dict.fromkeys(ln for ln in lines if ln))  # a caption shared by several rows is said once
     if not lines:
         return
     fig.tight_layout()
