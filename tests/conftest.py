@@ -94,6 +94,7 @@ def run_config():
 SYNTHETIC_OVERRIDES = dict(preset="tiny", steps=40, eval_every=10, batch_size=8,
                            lrs={"adamw": (1e-3, 1e-2), "soap": (1e-3, 1e-2), "shampoo": (1e-3, 1e-2)},
                            frequencies=(1, 10), batch_sizes=(4, 8, 16), budget_fractions=(0.5, 0.75, 1.0))
+# (frequencies, batch_sizes, budget_fractions are study parameters: they make the scale cpu-<hash> as any override)
 # asymptote of each optimizer's synthetic loss curve (lower is better)
 _FLOOR = {"adamw": 2.0, "shampoo": 1.9, "soap": 1.8, "soap_factorized": 1.82, "soap_one_sided": 1.9,
           "soap_factorized_one_sided": 1.95}
@@ -152,57 +153,58 @@ def synthetic_overrides():
     return dict(SYNTHETIC_OVERRIDES)
 
 
+def _write_study_records(scale, root, names=None):
+    """Synthetic records of every config of the studies ``names`` (default: every study with a grid) at ``scale``,
+    the lr sweep first (the others need tuned lrs); optimizers without a synthetic loss are left out."""
+    from soap_lab.records import store
+    from soap_lab.studies import lr_sweep_configs, registry
+
+    for cfg in lr_sweep_configs(scale, root, seeds=scale.seeds):
+        if not store.has_record(cfg):
+            _write_synthetic_record(cfg, root)
+    for name, study in registry.studies().items():
+        if (names and name not in names) or study.grid is None:
+            continue
+        for cfg in study.configs(scale, root):
+            if cfg.optimizer in _FLOOR and not (cfg.hparams or {}).get("refresh_policy") and not store.has_record(cfg):
+                _write_synthetic_record(cfg, root)
+
+
 @pytest.fixture(scope="session")
 def synthetic_scale():
     """The synthetic scale: ``cpu`` with :data:`SYNTHETIC_OVERRIDES` (renamed ``cpu-<hash>``)."""
-    from soap_lab import notebook
+    from soap_lab.studies.params import scale_from
 
-    return notebook.notebook_scale("cpu", overrides=SYNTHETIC_OVERRIDES)
+    return scale_from("cpu", SYNTHETIC_OVERRIDES)
 
 
 @pytest.fixture(scope="session")
 def synthetic_pool(tmp_path_factory, synthetic_scale):
-    """A runs root with a synthetic record for every config of every study of the synthetic scale (the lr sweep
-    first: the others need tuned lrs). Tests only read it; one that corrupts records copies it first."""
-    from soap_lab import ablations
-    from soap_lab.records import store
-
+    """A runs root with a synthetic record for every config of every study of the synthetic scale. Tests only
+    read it; one that corrupts records copies it first."""
     root = tmp_path_factory.mktemp("synthetic_runs")
-    for study in ablations.STUDIES:
-        for cfg in ablations.configs(study, synthetic_scale, root):
-            if not store.has_record(cfg):
-                _write_synthetic_record(cfg, root)
+    _write_study_records(synthetic_scale, root)
     return root
 
 
 #: The synthetic scale with 3 seeds (the lr tuned on seed 0, as at scale cpu_freq).
 SEEDED_OVERRIDES = dict(SYNTHETIC_OVERRIDES, seeds=[0, 1, 2], tune_seeds=[0])
+# (seeds is both a Scale field and the frequency study's own parameter: both are set)
 
 
 @pytest.fixture(scope="session")
 def synthetic_seeded_scale():
     """The synthetic scale with seeds 0, 1, 2 (:data:`SEEDED_OVERRIDES`); losses moved per seed by ``seed_shift``."""
-    from soap_lab import notebook
+    from soap_lab.studies.params import scale_from
 
-    return notebook.notebook_scale("cpu", overrides=SEEDED_OVERRIDES)
+    return scale_from("cpu", SEEDED_OVERRIDES)
 
 
 @pytest.fixture(scope="session")
 def synthetic_seeded_pool(tmp_path_factory, synthetic_seeded_scale):
     """Synthetic records of every study of the seeded synthetic scale, and its lr sweep on every seed."""
-    import dataclasses
-
-    from soap_lab import ablations
-    from soap_lab.records import store
-
-    sc = synthetic_seeded_scale
     root = tmp_path_factory.mktemp("synthetic_seeded_runs")
-    cfgs = ablations.lr_sweep(dataclasses.replace(sc, tune_seeds=tuple(sc.seeds)), root)
-    for study in ablations.STUDIES:
-        cfgs += ablations.configs(study, sc, root) if study != "lr_sweep" else []
-        for cfg in cfgs:
-            if not store.has_record(cfg):
-                _write_synthetic_record(cfg, root)
+    _write_study_records(synthetic_seeded_scale, root)
     return root
 
 

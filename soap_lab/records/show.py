@@ -2,13 +2,13 @@
 
 A RUN is a record's path, a run id (searched under every experiment of the runs root), or a glob over run ids
 (``'soap_f10_*'``; quote it for the shell). One row per run: optimizer, f, lr, seed, steps, final and best
-validation loss, whether it diverged, training time and where the record lives. ``--plot FILE`` draws the
+validation loss, the optimizer's other settings (``refresh=eigh``, Shampoo's ``exponent=0.4``...), whether it diverged, training time and where the record lives. ``--plot FILE`` draws the
 train loss (thin) and validation loss (markers) of every run against the step, one colour per run.
 
     python -m soap_lab show soap_f10_lr0.01_s0_b1.0_3a9e1c2f adamw_lr0.01_s0_b1.0_9f0289f5
     python -m soap_lab show 'shampoo_f*' --experiment paper_cpu --plot out/shampoo.png
 
-The command line is in :mod:`soap_lab.cli` (``show_main``).
+The command line is in :mod:`soap_lab.cli`.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from . import store
 
 __all__ = ["find_runs", "summary_rows", "format_table", "plot"]
 
-COLUMNS = ("run_id", "optimizer", "f", "lr", "seed", "tokens/step", "steps", "final_val", "best_val", "diverged", "train_s",
-           "record")
+COLUMNS = ("run_id", "optimizer", "settings", "f", "lr", "seed", "tokens/step", "steps", "final_val", "best_val",
+           "diverged", "train_s", "record")
 
 
 def find_runs(specs: Sequence[str], root: Optional[str] = None, experiment: Optional[str] = None) -> List[Path]:
@@ -55,6 +55,7 @@ def summary_rows(paths: Sequence[Path]) -> Tuple[List[Dict[str, object]], List[s
             continue
         rows.append({
             "run_id": rec.get("run_id", path.stem), "optimizer": cfg.get("optimizer"),
+            "settings": ",".join(f"{k}={v}" for k, v in sorted((cfg.get("hparams") or {}).items())) or None,
             "f": cfg.get("precondition_frequency"), "lr": cfg.get("lr"), "seed": cfg.get("seed"),
             "tokens/step": s.get("tokens_per_step"),
             "steps": f"{s.get('steps_done')}/{s.get('steps_total')}", "final_val": s.get("final_val_loss"),

@@ -21,13 +21,11 @@ CLOSE_MARGIN = 0.02
 """"Close" and "as good as": |difference of final losses| below this (nats)."""
 
 PARAMS = {
-    "cpu": dict(frequencies=(1, 3, 10, 30, 100), seeds=(0,), eigh_seeds=(0,), batch_multipliers=(),
-                arm_frequencies=(1, 30), arm_seeds=(0,), long_steps=None, long_frequencies=(2, 100), long_seeds=(0,)),
     "cpu_freq": dict(frequencies=(1, 3, 10, 30), seeds=tuple(range(10)), eigh_seeds=(0, 1, 2),
                      batch_multipliers=(4, 16), arm_frequencies=(1, 30), arm_seeds=(0, 1, 2), long_steps=3000,
                      long_frequencies=(2, 100), long_seeds=(0, 1)),
-    "*": dict(frequencies=(1, 3, 10, 30, 100), seeds=(0,), eigh_seeds=(0,), batch_multipliers=(),
-              arm_frequencies=(1, 30), arm_seeds=(0,), long_steps=None, long_frequencies=(2, 100), long_seeds=(0,)),
+    "*": dict(frequencies=(1, 3, 10, 30, 100), seeds=None, eigh_seeds=None, batch_multipliers=(),
+              arm_frequencies=(1, 30), arm_seeds=None, long_steps=None, long_frequencies=(2, 100), long_seeds=None),
 }
 
 
@@ -45,11 +43,12 @@ def grid(scale, root=None) -> List[Any]:
                                hparams={"refresh": "eigh"}, **fields) for s in eigh_seeds]
         return out
 
-    out = arm(p("frequencies"), p("seeds"), True, p("eigh_seeds"))
+    seeds = p("seeds")  # the other arms' seeds default to the main arm's
+    out = arm(p("frequencies"), seeds, True, p("eigh_seeds") or seeds)
     for m in p("batch_multipliers"):
-        out += arm(p("arm_frequencies"), p("arm_seeds"), False, batch_size=scale.batch_size * int(m))
+        out += arm(p("arm_frequencies"), p("arm_seeds") or seeds, False, batch_size=scale.batch_size * int(m))
     if p("long_steps"):
-        out += arm(p("long_frequencies"), p("long_seeds"), True, steps=int(p("long_steps")))
+        out += arm(p("long_frequencies"), p("long_seeds") or seeds, True, steps=int(p("long_steps")))
     return out
 
 

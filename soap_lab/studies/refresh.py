@@ -31,7 +31,7 @@ LOSS_TOLERATED = 0.01
 PARAMS = {"cpu_freq": dict(fixed=(1, 3, 10, 30, 100), intervals=(1, 10), tolerances=(0.01, 0.03, 0.1, 0.3),
                            staleness_f=10, seeds=(0, 1, 2)),
           "*": dict(fixed=(1, 3, 10, 30, 100), intervals=(1, 10), tolerances=(0.01, 0.03, 0.1, 0.3),
-                    staleness_f=10, seeds=(0,))}
+                    staleness_f=10, seeds=None)}
 OPTIMIZERS = ("soap", "shampoo")
 
 

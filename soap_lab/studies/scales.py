@@ -71,14 +71,19 @@ class Scale:
 
     def param(self, study_defaults: Mapping[str, Mapping[str, Any]], key: str) -> Any:
         """A study's grid parameter ``key`` at this scale: the override in ``params`` if any, else the study's
-        value for this (registered) scale, else its ``"*"`` value."""
+        value for this (registered) scale, else its ``"*"`` value; ``None`` (or no value) for a key that is also a
+        field (``seeds``) means the scale's own."""
         over = dict(self.params)
-        if key in over:
-            return over[key]
-        for k in (self.registered_name, "*"):
-            if key in study_defaults.get(k, {}):
-                return study_defaults[k][key]
-        raise KeyError(f"study parameter {key!r} has no value at scale {self.name!r}")
+        value = over[key] if key in over else None
+        if key not in over:
+            for k in (self.registered_name, "*"):
+                if key in study_defaults.get(k, {}):
+                    value = study_defaults[k][key]
+                    break
+            else:
+                if not hasattr(self, key):
+                    raise KeyError(f"study parameter {key!r} has no value at scale {self.name!r}")
+        return getattr(self, key) if value is None and hasattr(self, key) else value
 
 
 SCALES: Dict[str, Scale] = {
@@ -120,7 +125,8 @@ def get_scale(name: str, **overrides: Any) -> Scale:
     overrides.pop("name", None)
     fields = {f.name for f in dataclasses.fields(Scale)}
     base = SCALES[name]
-    params = {**dict(base.params), **{k: _frozen(v) for k, v in overrides.items() if k not in fields}}
+    # every override is also a study parameter: --set seeds=[0, 1] reaches a study that sets its own seeds
+    params = {**dict(base.params), **{k: _frozen(v) for k, v in overrides.items() if k != "params"}}
     sc = dataclasses.replace(base, **{k: v for k, v in overrides.items() if k in fields and k != "params"},
                              params=tuple(sorted(params.items())))
     if sc != base:
