@@ -279,7 +279,7 @@ _PROVENANCE_COLUMNS = ("git_commit", "git_dirty", "start_time", "end_time", "wor
 
 def _row(path: Path, rec: Mapping[str, Any]) -> Dict[str, Any]:
     rid = rec.get("run_id", path.stem)
-    row: Dict[str, Any] = {"run_id": rid, "run_key": run_key(rid)}
+    row: Dict[str, Any] = {"run_id": rid, "run_key": run_key(rid), "record": str(path)}
     row.update(_flatten(rec.get("config", {})))
     prov = rec.get("provenance", {})
     for key in _PROVENANCE_COLUMNS:

@@ -57,9 +57,9 @@ def grid(scale, root=None) -> List[Any]:
 def refreshes(row: Mapping[str, Any]) -> float:
     """Refreshes per preconditioned factor in a run (the first basis not counted): the record's count where it
     has one, else the fixed schedule's: SOAP (steps − 1) // f, Shampoo (first basis at step f) steps // f − 1."""
-    r = row.get("refresh.refreshes_per_factor")
-    if finite(r):
-        return float(r)
+    r = row.get("refresh")
+    if isinstance(r, dict) and finite(r.get("refreshes_per_factor")):
+        return float(r["refreshes_per_factor"])
     f, steps = int(row["f"]), int(row["steps_done"])
     return float((steps - 1) // f if row["optimizer"] != "shampoo" else steps // f - 1)
 
@@ -173,6 +173,90 @@ def tables(scale, root=None) -> List[Tuple[str, str]]:
     return [("The frontier: final loss against refreshes per factor (mean ± 95% CI over seeds)", "\n".join(out))]
 
 
+# ================================================================================================ figures
+def draw_frontier(data: Mapping[str, Any], out, name: str = "refresh_frontier"):
+    """Final loss against refreshes per factor (log), one panel per optimizer: fixed f as a curve (each seed thin,
+    the mean with its 95% interval, f written), adaptive as points (the mean with its interval in both
+    directions; marker: check interval, colour: τ)."""
+    import matplotlib.pyplot as plt
+
+    from ..figures import seeds as S
+    from ..figures import style
+
+    key, sd = next(((k, v) for k, v in data.items() if v is not None and len(v.runs)), (None, None))
+    if sd is None:
+        raise style.MissingResults(f"{name}: no stored runs: run `{style.missing_hint(next(iter(data)), 'refresh')}`")
+    df = frame(sd.scale, sd.root)
+    taus = sorted({float(t) for t in df["tau"].dropna() if t > 0})
+    cmap = plt.get_cmap("viridis")
+    with style.style():
+        fig, axes = plt.subplots(1, len(OPTIMIZERS), figsize=(5.6 * len(OPTIMIZERS), 4.4), squeeze=False)
+        for ax, opt in zip(axes[0], OPTIMIZERS):
+            fx = df[(df["optimizer"] == opt) & (df["policy"] == "fixed")]
+            label = "SOAP" if opt == "soap" else "Shampoo"
+            c = style.color(label)
+            S.seed_lines(ax, fx, "refreshes", "final_val_loss", c)
+            summ = S.summarize(fx, ["f"]).sort_values("f")
+            xs = fx.groupby("f")["refreshes"].mean().reindex(summ["f"]).to_numpy()
+            S.mean_errorbar(ax, xs, summ, c, label=f"{label}, fixed f: mean ± 95% CI", marker="o", ms=4, lw=1.4)
+            for x, f, y in zip(xs, summ["f"], summ["mean"]):
+                ax.annotate(f"f={int(f)}", (x, y), textcoords="offset points", xytext=(4, 5), fontsize=6.5, color=c)
+            ad = df[(df["optimizer"] == opt) & (df["policy"] == "adaptive") & (df["tau"] > 0)]
+            for (interval, tau), g in ad.groupby(["f", "tau"], sort=True):
+                m, h, n = S.mean_ci(g["final_val_loss"].astype(float).tolist())
+                rm, rh, _ = S.mean_ci(g["refreshes"].astype(float).tolist())
+                ax.errorbar([rm], [m], xerr=[rh], yerr=[h], color=cmap(taus.index(float(tau)) / max(1, len(taus) - 1)),
+                            marker="o" if int(interval) == 1 else "s", ms=6, capsize=2.5, lw=1.1, ls="none",
+                            label=f"adaptive, check every {int(interval)}, τ = {tau:g} (n = {n})")
+            ax.set_xscale("log")
+            ax.margins(x=0.1)
+            ax.set_xlabel("refreshes per factor in the run (log; the first basis not counted)")
+            ax.set_ylabel("final validation loss")
+            ax.set_title(f"{label}: loss against refreshes [{key}]\n{S.n_text(summ['n'], where=' per point')}")
+            ax.legend(fontsize=6, ncol=1)
+        style.footer(fig, [sd.caption(), "Adaptive (Purifying Shampoo's test): every check interval, a factor is "
+                           "refreshed where ‖QᵀPQ − diag‖_F / ‖P‖_F exceeds τ. Thin lines: one seed each; the same "
+                           "seed shares init and data order in every run."])
+        return style.save(fig, out, name)
+
+
+def draw_staleness(data: Mapping[str, Any], out, name: str = "refresh_staleness"):
+    """Staleness of each factor kind along training at fixed f (the τ = 0 adaptive runs, which are the fixed runs
+    with every check logged): the mean over layers and seeds at each kept check step, one panel per optimizer."""
+    import matplotlib.pyplot as plt
+
+    from ..figures import style
+    from ..records import store
+
+    key, sd = next(((k, v) for k, v in data.items() if v is not None and len(v.runs)), (None, None))
+    if sd is None:
+        raise style.MissingResults(f"{name}: no stored runs: run `{style.missing_hint(next(iter(data)), 'refresh')}`")
+    f0 = int(sd.scale.param(PARAMS, "staleness_f"))
+    df = frame(sd.scale, sd.root)
+    with style.style():
+        fig, axes = plt.subplots(1, len(OPTIMIZERS), figsize=(5.6 * len(OPTIMIZERS), 4.0), squeeze=False, sharey=True)
+        for ax, opt in zip(axes[0], OPTIMIZERS):
+            runs = df[(df["optimizer"] == opt) & (df["policy"] == "adaptive") & (df["tau"] == 0) & (df["f"] == f0)]
+            per: Dict[str, Dict[int, List[float]]] = {}
+            for path in runs["record"]:
+                for step, kind, value, _ in store.read_record(path)["metrics"].get("staleness", []):
+                    per.setdefault(kind, {}).setdefault(int(step), []).append(float(value))
+            for i, (kind, steps) in enumerate(sorted(per.items())):
+                xs = sorted(steps)
+                base, side = kind.rsplit(":", 1)
+                ax.plot(xs, [sum(steps[x]) / len(steps[x]) for x in xs], lw=1.1, color=f"C{i // 2}",
+                        ls="-" if side == "0" else "--", label=f"{base.replace('.weight', '')} ({'left' if side == '0' else 'right'})")
+            ax.set_xlabel("step")
+            ax.set_ylabel(f"staleness after {f0} steps (‖offdiag QᵀPQ‖ / ‖P‖)")
+            ax.set_title(f"{'SOAP' if opt == 'soap' else 'Shampoo'}: staleness at f = {f0} [{key}]\n"
+                         f"n = {len(runs)} seed{'s' if len(runs) != 1 else ''}, mean over layers and seeds")
+            ax.legend(fontsize=6, ncol=2)
+        style.footer(fig, [sd.caption(), "Solid: the left factor (rows), dashed: the right (columns); each kind is "
+                           "one matrix of every block (attn.qkv, attn.proj, mlp.fc1, mlp.fc2) or the embedding / head."])
+        return style.save(fig, out, name)
+
+
 STUDY = Study(name="refresh", order=60, paper="not in the paper (Purifying Shampoo's adaptive refresh, arXiv 2506.03595)",
               question="Does an adaptive refresh reach fixed f's loss with fewer refreshes?", params=PARAMS, grid=grid,
-              claims=claims, tables=tables, figures={})
+              claims=claims, tables=tables,
+              figures={"refresh_frontier": draw_frontier, "refresh_staleness": draw_staleness})
