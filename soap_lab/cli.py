@@ -167,6 +167,8 @@ def _train_or_sweep(a, p) -> int:
                       "try a smaller --lr", file=sys.stderr)
                 return 3
             return 0
+        if os.environ.get("RANK", "0") == "0":
+            print(f"shard {a.shard}: {len(cfgs)} runs")
         if a.dry_run:
             for c in cfgs:
                 print(f"  {'done' if store.has_record(c) else 'todo'}  {store.record_path(c)}")

@@ -1,14 +1,12 @@
-"""soap_lab.__main__ and soap_lab.cli: train and sweep commands, the subcommands that own their options, clear errors
-(exit code 2, allowed values listed)."""
+"""soap_lab.cli: train, sweep, study, figures and show; clear one-line errors (exit 2, allowed values listed)."""
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from soap_lab import cli
+from soap_lab.cli import main
 from soap_lab.records import store, sweep
-from soap_lab.__main__ import main
 from soap_lab.train.config import TrainConfig
 
 
@@ -29,7 +27,8 @@ def test_unknown_optimizer_exits_2_listing_allowed_names(one_thread_env):
     p = run_cli(one_thread_env, "train", "--optimizer", "adam")
     assert p.returncode == 2
     assert "invalid choice: 'adam'" in p.stderr and "soap_factorized_one_sided" in p.stderr
-    assert "Traceback" not in p.stderr
+    assert "Traceback" not in p.stderr and "usage:" not in p.stderr  # one line, not argparse's whole usage
+    assert len([ln for ln in p.stderr.splitlines() if not ln.startswith("import time:")]) == 1
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in p.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "soap_lab" in imported and "torch" in imported
@@ -52,6 +51,13 @@ def test_unknown_optimizer_exits_2_listing_allowed_names(one_thread_env):
     (["train", "--optimizer", "soap", "--hparam", "exponent=0.5"], ["takes no keyword exponent", "refresh"]),
     (["train", "--model", "n_layer=0"], ["GPTConfig.n_layer must be >= 1, got 0"]),
     (["train", "--checkpoint-every", "-1"], ["checkpoint_every must be >= 0"]),
+    (["train", "--lr", "nan"], ["lr must be a finite number > 0, got nan"]),
+    (["train", "--optimizer", "shampoo", "--hparam", "exponent=abc"], ["optimizer 'shampoo' rejects its values",
+                                                                        "exponent='abc'"]),
+    (["study", "run", "nope"], ["unknown study 'nope'; allowed: lr_sweep"]),
+    (["study", "run", "frequency", "--set", "steps=2.5"], ["steps must be an integer >= 1, got 2.5"]),
+    (["study", "report", "--scale", "tpu"], ["invalid choice: 'tpu'"]),
+    (["figures", "--only", "nope"], ["unknown figure 'nope'; allowed: lr_sweep"]),
 ] + ([] if torch.cuda.is_available() else [
     (["train", "--device", "cuda"], ["device 'cuda' asked for but CUDA is not available here"]),
 ]))
@@ -63,7 +69,7 @@ def test_bad_values_exit_2(capsys, args, messages):
     err = capsys.readouterr().err
     for message in messages:
         assert message in err
-    assert len([line for line in err.splitlines() if "error:" in line]) == 1 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "usage:" not in err
 
 
 def test_a_diverging_run_is_recorded_and_exits_3(tmp_path, capsys):
@@ -71,9 +77,12 @@ def test_a_diverging_run_is_recorded_and_exits_3(tmp_path, capsys):
     code = main(["train", "--lr", "1e6", "--experiment", "div", "--runs-root", str(tmp_path), *TINY])
     assert code == 3
     err = capsys.readouterr().err
-    assert "run diverged: non-finite loss at step" in err and "Traceback" not in err
+    assert "run diverged: non-finite loss at step" in err and "recorded with diverged=true" in err
+    assert "Traceback" not in err
     (path,) = (tmp_path / "div").glob("*.json")
     assert store.read_record(path)["summary"]["diverged"] is True
+    assert main(["train", "--lr", "1e6", "--experiment", "div2", "--runs-root", str(tmp_path), "--no-save", *TINY]) == 3
+    assert "nothing written (--no-save)" in capsys.readouterr().err and not (tmp_path / "div2").exists()
 
 
 def test_help_shows_defaults_and_the_program_name(capsys, monkeypatch):
@@ -81,6 +90,7 @@ def test_help_shows_defaults_and_the_program_name(capsys, monkeypatch):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "(default: 0.003)" in out and "peak learning rate" in out and "python -m soap_lab train" in out
+    assert "(default float32)" not in out and "(default: float32)" not in out  # each default said once
     monkeypatch.setattr(sys, "argv", ["/usr/bin/soap-lab", "--help"])
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -96,15 +106,27 @@ def test_presets_are_listed_on_error(capsys):
     assert all(name in err for name in models.PRESETS)
 
 
-def test_figures_and_ablations_are_dispatched_with_their_own_options(tmp_path, capsys):
-    # No records under an empty root: figures exits 1 naming the command that produces them.
+def test_figures_without_records_exit_1_naming_the_command(tmp_path, capsys):
     code = main(["figures", "--runs-root", str(tmp_path / "runs"), "--figures-dir", str(tmp_path / "fig"),
-                 "--equivalence-dir", str(tmp_path / "eq"), "--overhead-dir", str(tmp_path / "oh"),
                  "--only", "frequency", "--scales", "cpu"])
-    assert code == 1 and "make ablations SCALE=cpu" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["ablations", "--scale", "tpu"])
-    assert exc.value.code == 2 and "cpu" in capsys.readouterr().err
+    assert code == 1 and "python -m soap_lab study run frequency --scale cpu" in capsys.readouterr().err
+
+
+def test_study_list_and_report_read_the_committed_records(capsys):
+    assert main(["study", "list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lr_sweep") and "frequency" in out
+    assert main(["study", "report", "frequency", "--scale", "cpu_freq"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("== frequency: Does SOAP degrade")
+    first = out.splitlines()[1]
+    assert first.split("  ")[0] in ("reproduced", "contradicted", "inconclusive at this power")  # verdicts first
+
+
+def test_a_default_train_run_leaves_the_tree_clean():
+    r = subprocess.run(["git", "check-ignore", "-q", "data/runs/default/adamw_lr0.003_bs32_s0_budget1.0_x.json"],
+                       cwd=REPO)
+    assert r.returncode == 0  # ignored: `train` without --experiment writes there
 
 
 def test_train_command_writes_a_record(tmp_path, capsys):
@@ -134,31 +156,3 @@ def test_sweep_shards_cover_the_grid(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sweep", *grid]) == 0  # everything done: all skipped
     assert capsys.readouterr().out.count("skip") == 4
-
-
-def test_freq_study_command_reports_or_names_what_is_missing(tmp_path, capsys):
-    assert cli.freq_study_main(["--report", "--runs-root", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert "python -m soap_lab.freq_study: error: no stored runs of the seeded study at scale cpu_freq" in err
-    with pytest.raises(SystemExit) as e:
-        cli.freq_study_main(["--arms", "wide"])
-    assert e.value.code == 2 and "invalid choice: 'wide'" in capsys.readouterr().err
-
-
-def test_freq_study_timing_never_replaces_a_stored_study_by_accident(tmp_path, monkeypatch, capsys):
-    from soap_lab import overhead
-
-    stored_study = tmp_path / "overhead_cpu_freq.json"
-    stored_study.write_text("{}")
-    monkeypatch.setattr(overhead, "default_path", lambda name: stored_study)
-    assert cli.freq_study_main(["--timing"]) == 1
-    assert "exists (a stored result); pass --force" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.freq_study_main(["--timing", "--force", "--repeats", "1"])
-    assert stored_study.read_text() == "{}"
-
-
-def test_freq_study_runs_as_a_module(one_thread_env):
-    p = subprocess.run([sys.executable, "-m", "soap_lab.freq_study", "--help"], capture_output=True, text=True,
-                       cwd=REPO, env=one_thread_env, timeout=120)
-    assert p.returncode == 0 and p.stdout.startswith("usage: python -m soap_lab.freq_study") and "--report" in p.stdout
