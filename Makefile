@@ -7,14 +7,16 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 SCALE  ?= cpu
 DEVICE ?=
+# A Python >= 3.12 with torch and emerging-optimizers==0.3.0, for NVIDIA's column of `make conformance` (optional).
+PY312  ?= $(CONFORMANCE_PY312)
 
-.PHONY: setup test test-arith figures ablations data bench bench-zero clean help
+.PHONY: setup test test-arith figures ablations data bench bench-zero conformance conformance-train clean help
 
 # The linear-algebra test modules: rerun by `make test-arith` under other MKL arithmetic (what another CPU does).
 ARITH_TESTS := tests/test_linalg.py tests/test_kron.py tests/test_second_moment.py tests/test_stack.py \
 	tests/test_engine.py tests/test_rules.py tests/test_base.py tests/test_soap.py tests/test_soap_reference.py \
 	tests/test_shampoo.py tests/test_adafactor.py tests/test_equivalence.py \
-	tests/test_zero.py
+	tests/test_zero.py tests/test_conformance.py
 
 help:
 	@echo "make figures   regenerate figures/ from stored results under data/runs/"
@@ -24,6 +26,8 @@ help:
 	@echo "make ablations SCALE=cpu|gpu DEVICE=cpu|cuda   rerun the experiments through papermill (resumable)"
 	@echo "make bench     step-time benchmark, side by side in one process"
 	@echo "make bench-zero  SOAP under ZeRO-1 vs plain DDP, 2 processes x 1 thread (writes data/bench/zero_*)"
+	@echo "make conformance [PY312=python3.12]  public SOAPs vs the reference: data/conformance/probes.json, docs/conformance.md"
+	@echo "make conformance-train [PY312=...]  1000 steps of cpu_freq (seed 0) per implementation (data/conformance/train_*.json)"
 
 setup: $(STAMP)
 
@@ -61,6 +65,12 @@ bench: $(STAMP)
 
 bench-zero: $(STAMP)
 	$(PY) benchmarks/zero.py --steps 20 --out data/bench
+
+conformance: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/conformance.py $(if $(PY312),--py312 $(PY312),)
+
+conformance-train: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/conformance.py --train $(if $(PY312),--py312 $(PY312),)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis notebooks/executed
