@@ -323,10 +323,22 @@ def render(data: Dict[str, Any], train: Optional[Dict[str, Any]] = None) -> str:
     add("| fixed | " + " | ".join(_esc(", ".join(f"{k}={v}" for k, v in impls[n].get("extras", {}).items()) or "-")
                                   for n in mapped) + " |")
     add("")
-    add("`soap_lab.SOAP` takes the reference's keywords as they are, plus `momentum_space`. heavyball 3.2.1 has no "
-        "`ForeachSOAP` any more: `heavyball.SOAP` is its SOAP (defaults betas (0.9, 0.95), shampoo_beta 0.95, "
-        "precondition_frequency 2, max_precond_dim 2048, merge_dims True); `HeavySOAP` is its documented variant "
-        "(\"post-orth Q sort and Hadamard-square second-moment transport\"), measured too.")
+    add("Their own defaults for the same keywords (read off the installed classes; − : no such keyword):")
+    add("")
+    shown = [n for n in impls if "introspection" in impls[n] and n != REFERENCE["bbce86e"]]
+    add("| reference keyword | " + " | ".join(_label(n, impls[n]) for n in shown) + " |")
+    add("|---|" + "---|" * len(shown))
+    for k in keys:
+        add(f"| `{k}` | " + " | ".join(_esc(impls[n]["introspection"]["defaults"].get(k, "−")) for n in shown) + " |")
+    add("")
+    for n in shown:
+        intro = impls[n]["introspection"]
+        line = f"- {_label(n, impls[n])}: `{intro['class']}` (\"{_esc(intro.get('doc', ''))}\")"
+        if not (n.startswith("heavyball") and n != "heavyball"):
+            line += ("; the package's SOAP classes: " + ", ".join(f"`{c}`" for c in intro["soap_classes"])
+                     + (" (no `ForeachSOAP`)" if n == "heavyball" and "ForeachSOAP" not in intro["soap_classes"]
+                        else ""))
+        add(line)
     add("")
     # ---------------------------------------------------------------- NVIDIA
     nv = impls.get("nvidia_emerging")

@@ -88,6 +88,31 @@ class Impl:
     def mapping(self, kw: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
         return self.translate(kw)
 
+    #: reference keyword -> this implementation's keyword for it (absent: none)
+    COUNTERPART: Dict[str, str] = {}
+
+    def introspect(self) -> Dict[str, Any]:
+        """Read off the installed class: its default for each reference keyword's counterpart, and its module's
+        SOAP classes."""
+        import inspect
+
+        cls = self._cls()
+        sig = inspect.signature(cls.__init__).parameters
+        defaults = {}
+        for ref, own in self.COUNTERPART.items():
+            if own in sig:
+                d = sig[own].default
+                defaults[ref] = "required" if d is inspect.Parameter.empty else repr(d)
+        exports: List[str] = []
+        for modname in (cls.__module__.split(".")[0], cls.__module__.rsplit(".", 1)[0]):
+            mod = sys.modules[modname]
+            exports = sorted(n for n in dir(mod) if "SOAP" in n and isinstance(getattr(mod, n), type))
+            if exports:
+                break
+        doc = next((ln.strip() for ln in (cls.__doc__ or "").splitlines() if ln.strip()), "")
+        return {"class": f"{cls.__module__}.{cls.__qualname__}", "doc": doc, "defaults": defaults,
+                "soap_classes": exports}
+
 
 class SoapLab(Impl):
     dist = "soap-lab"
@@ -98,6 +123,7 @@ class SoapLab(Impl):
         self.label = f"soap_lab.SOAP (momentum_space={momentum_space!r})"
         self.EXTRAS = {"momentum_space": momentum_space}
         self.RULES = {k: "same keyword" for k in REF_DEFAULTS}
+        self.COUNTERPART = {k: k for k in REF_DEFAULTS}
 
     def _cls(self):
         from soap_lab import SOAP
@@ -113,6 +139,8 @@ class PytorchOptimizer(Impl):
     RULES = {**{k: "same keyword" for k in REF_DEFAULTS},
              "max_precond_dim": "max_precondition_dim", "normalize_grads": "normalize_gradient",
              "shampoo_beta": "shampoo_beta (-1 → None, its 'use β2')"}
+    COUNTERPART = {**{k: k for k in REF_DEFAULTS}, "max_precond_dim": "max_precondition_dim",
+                   "normalize_grads": "normalize_gradient"}
 
     def _cls(self):
         import pytorch_optimizer
@@ -143,6 +171,8 @@ class HeavyBall(Impl):
              "data_format": "none (ignored)"}
     EXTRAS = {"use_precond_schedule": False, "compile_step": False, "warmup_steps": 0, "palm": False,
               "heavyball.utils.compile_mode": None}
+    COUNTERPART = {k: k for k in ("lr", "betas", "shampoo_beta", "eps", "weight_decay", "precondition_frequency",
+                                  "max_precond_dim", "merge_dims", "precondition_1d")}
 
     def __init__(self, cls_name: str = "SOAP"):
         self.cls_name = cls_name
@@ -188,6 +218,7 @@ class NvidiaEmerging(Impl):
     EXTRAS = {"weight_decay_method": "decoupled", "nesterov": False, "use_eigh": False, "power_iter_steps": 1,
               "correct_shampoo_beta_bias": False, "fp32_matmul_prec": "highest", "qr_fp32_matmul_prec": "highest",
               "max_update_rms": 0.0}
+    COUNTERPART = {k: k for k in ("lr", "betas", "shampoo_beta", "eps", "weight_decay", "correct_bias")}
 
     def _cls(self):
         from emerging_optimizers.soap import SOAP
@@ -883,6 +914,7 @@ def run_impl(impl: Impl, golden_path: Optional[str], probes: Sequence[str] = tup
     if missing:
         res["unavailable"] = missing
         return res
+    res["introspection"] = impl.introspect()
     res["probes"] = {name: run_probe(impl, name) for name in probes}
     if getattr(impl, "fresh_compile", False):
         res["compile_cache_check"] = compile_cache_check(impl)
