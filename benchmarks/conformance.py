@@ -16,7 +16,9 @@ one, the page says why.
 Training (``--train``) goes through ``soap_lab.train.train`` unchanged: the config is the cpu_freq study's SOAP run
 (seed 0, f = 10, the tuned lr), and ``soap_lab.train.build_optimizer`` is replaced, for the duration of the run, by
 one that builds the implementation from the reference keywords (:func:`external_optimizer`). Results go to
-``data/conformance/train_<impl>.json`` with provenance; the page is rendered again afterwards.
+``data/conformance/train_<impl>.json`` with provenance; the page is rendered again afterwards. NVIDIA's run goes
+through the same harness in the ``--py312`` interpreter, which then also needs numpy and tqdm (the lab's imports);
+its SOAP rejects 1-D parameters, which get ``torch.optim.AdamW`` with the same hyperparameters.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
