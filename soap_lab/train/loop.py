@@ -150,8 +150,12 @@ def _load_data(config: TrainConfig):
 # ------------------------------------------------------------------------------------------- train
 
 
-def train(config: TrainConfig) -> RunResult:
-    """Train one run; on rank 0 write its record (when ``config.save``) and return its store."""
+def train(config: TrainConfig, optimizer_factory=None) -> RunResult:
+    """Train one run; on rank 0 write its record (when ``config.save``) and return its results.
+
+    ``optimizer_factory(name, params, **keywords)``, when given, builds the optimizer instead of the lab's registry
+    (``soap_lab.optim.build_optimizer``'s signature): another library's SOAP trained by the same harness
+    (``benchmarks/conformance.py``). Its record is the config's; pass ``config.save=False`` unless that is meant."""
     config.validate()
     start_iso = now_iso()
     rank, world, local_rank = init_distributed_for(config)
@@ -187,7 +191,7 @@ def train(config: TrainConfig) -> RunResult:
         optimizer = build_zero_optimizer(config.optimizer, model.parameters(), **optimizer_kwargs(config))
     else:
         params = model.named_parameters() if takes_named_parameters(config.optimizer) else model.parameters()
-        optimizer = build_optimizer(config.optimizer, params, **optimizer_kwargs(config))
+        optimizer = (optimizer_factory or build_optimizer)(config.optimizer, params, **optimizer_kwargs(config))
 
     # The sampler's batch_size is per rank; together the ranks draw the same global batch as one process.
     sampler = batches.BatchSampler(
