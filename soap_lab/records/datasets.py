@@ -1,5 +1,5 @@
 """Stored data sets that are not run records: the equivalence studies (``data/equivalence/*.json``, computed by
-:mod:`soap_lab.equivalence.experiments`) and the timing studies (``data/overhead/overhead_<scale>.json``, :mod:`soap_lab.overhead`).
+:mod:`soap_lab.equivalence.experiments`) and the timing studies (``data/overhead/overhead_<scale>.json``, :mod:`soap_lab.studies.overhead`).
 
 Each is one JSON object with its provenance (:func:`soap_lab.records.provenance.provenance`), written atomically
 with one top-level key per line so that a rerun diffs by key; a table inside it is column-oriented.
@@ -12,14 +12,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
-from .. import ablations
 from . import store
 
 __all__ = ["EQUIVALENCE_DIR", "OVERHEAD_DIR", "CLAIM1_FILE", "GAP_FILE", "save_json", "load_json", "table"]
 
 EQUIVALENCE_DIR = store.REPO_ROOT / "data" / "equivalence"
 OVERHEAD_DIR = store.REPO_ROOT / "data" / "overhead"
-#: The equivalence data sets under :data:`EQUIVALENCE_DIR`: ``claim1.claim1_study`` and ``claim1.gap_trajectory``.
+#: The equivalence data sets under :data:`EQUIVALENCE_DIR`: ``experiments.claim1_study`` and ``experiments.gap_trajectory``.
 CLAIM1_FILE = "claim1.json"
 GAP_FILE = "gap_trajectory.json"
 
@@ -56,9 +55,9 @@ def table(d: Mapping[str, Any], key: str = "rows"):
     return pd.DataFrame(d.get(key, []))
 
 
-def load_json(path, what: str = "data", make_hint: str = "make ablations SCALE=cpu") -> Dict[str, Any]:
-    """Read a stored data set; a missing file raises ``ablations.MissingResults`` naming the command."""
+def load_json(path, what: str = "data", make_hint: str = "python -m soap_lab study run --all") -> Dict[str, Any]:
+    """Read a stored data set; a missing file raises ``store.MissingResults`` naming the command."""
     path = Path(path)
     if not path.is_file():
-        raise ablations.MissingResults(f"no {what} at {path}: run `{make_hint}`")
+        raise store.MissingResults(f"no {what} at {path}: run `{make_hint}`")
     return store.read_record(path)

@@ -1,11 +1,13 @@
-"""soap_lab.records.datasets: data sets that are not run records, written atomically one key per line, read back by name."""
+"""soap_lab.records.datasets: data sets that are not run records, written atomically one key per line, read back by name.
+
+Was tests/test_stored.py (soap_lab.stored); a missing data set now raises ``store.MissingResults`` (what
+``make figures`` catches) instead of the old ``ablations.MissingResults``."""
 import json
 import math
 
 import pytest
 
-from soap_lab import ablations
-from soap_lab.records import datasets
+from soap_lab.records import datasets, store
 
 
 def test_save_json_one_key_per_line_and_strict(tmp_path):
@@ -17,7 +19,7 @@ def test_save_json_one_key_per_line_and_strict(tmp_path):
 
 
 def test_load_json_names_the_command_when_missing(tmp_path):
-    with pytest.raises(ablations.MissingResults, match=r"no timing study at .*nothing\.json: run `make ablations SCALE=gpu`"):
+    with pytest.raises(store.MissingResults, match=r"no timing study at .*nothing\.json: run `make ablations SCALE=gpu`"):
         datasets.load_json(tmp_path / "nothing.json", "timing study", "make ablations SCALE=gpu")
     datasets.save_json({"rows": [{"a": 1}]}, tmp_path / "t.json")
     assert datasets.load_json(tmp_path / "t.json") == {"rows": [{"a": 1}]}
