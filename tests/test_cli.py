@@ -54,7 +54,7 @@ def test_unknown_optimizer_exits_2_listing_allowed_names(one_thread_env):
     (["train", "--lr", "nan"], ["lr must be a finite number > 0, got nan"]),
     (["train", "--optimizer", "shampoo", "--hparam", "exponent=abc"], ["optimizer 'shampoo' rejects its values",
                                                                         "exponent='abc'"]),
-    (["study", "run", "nope"], ["unknown study 'nope'; allowed: lr_sweep"]),
+    (["study", "run", "nope"], ["unknown study 'nope'; allowed: equivalence, lr_sweep"]),
     (["study", "run", "frequency", "--set", "steps=2.5"], ["steps must be an integer >= 1, got 2.5"]),
     (["study", "report", "--scale", "tpu"], ["invalid choice: 'tpu'"]),
     (["figures", "--only", "nope"], ["unknown figure 'nope'; allowed: lr_sweep"]),

@@ -49,7 +49,7 @@ def test_the_registry_finds_every_study_file_and_a_study_from_anywhere(tmp_path)
     assert {"lr_sweep", "frequency", "refresh", "overview"} <= set(found)
     assert all(isinstance(s, Study) for s in found.values())
     assert list(found) == sorted(found, key=lambda n: (found[n].order, n))
-    with pytest.raises(ParameterError, match="unknown study 'nope'; allowed: lr_sweep"):
+    with pytest.raises(ParameterError, match="unknown study 'nope'; allowed: equivalence, lr_sweep"):
         registry.get("nope")
     (tmp_path / "mine.py").write_text("from soap_lab.studies import Study\n"
                                       "STUDY = Study(name='mine', question='?', paper='-')\n")
