@@ -10,7 +10,8 @@ one run is drawn as before and the figure says n = 1 (no interval).
 - :func:`n_text` — "n = 3 seeds", "n = 1 seed", "n = 1–3 seeds";
 - :func:`pm` — "1.559 ± 0.012" (n ≥ 2) or "1.559" (n = 1);
 - :func:`dodge` — small horizontal offsets on a log axis, so markers at the same x do not hide each other;
-- :func:`seeds_of` — the sorted seeds of a run table.
+- :func:`seeds_of` — the sorted seeds of a run table;
+- :func:`mean_curve` — the mean over seeds of curves (validation loss), at the steps every seed evaluated.
 
 Nothing here imports matplotlib: the drawing functions take the axes they draw on.
 """
@@ -22,7 +23,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 from .. import stats
 
 __all__ = ["SEED_ALPHA", "SEED_LW", "mean_ci", "summarize", "n_text", "how_drawn", "pm", "dodge", "seeds_of", "finite",
-           "seed_lines", "mean_errorbar"]
+           "seed_lines", "mean_errorbar", "mean_curve"]
 
 #: How a single seed is drawn: thin and transparent.
 SEED_ALPHA = 0.35
@@ -118,3 +119,16 @@ def mean_errorbar(ax, xs, summary, color, label: Optional[str] = None, **kw):
     """The means of a :func:`summarize` table at ``xs`` with their 95% intervals as error bars (none where n = 1)."""
     return ax.errorbar(xs, summary["mean"].astype(float), yerr=summary["half"].astype(float), color=color, capsize=3,
                        label=label, **kw)
+
+
+def mean_curve(curves, x: str = "step"):
+    """The mean over seeds of val-loss curves at the steps every seed evaluated: rows ``step, x (its mean), mean,
+    half, n`` from a frame with ``run_id``, ``step``, ``x`` and ``val_loss`` (one run per seed)."""
+    import pandas as pd
+
+    k, rows = curves["run_id"].nunique(), []
+    for step, g in curves.groupby("step", sort=True):
+        if g["run_id"].nunique() == k:
+            m, h, n = mean_ci(g["val_loss"].astype(float).tolist())
+            rows.append({"step": float(step), "x": float(g[x].astype(float).mean()), "mean": m, "half": h, "n": n})
+    return pd.DataFrame(rows, columns=["step", "x", "mean", "half", "n"])

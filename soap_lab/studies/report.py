@@ -54,6 +54,11 @@ def _ci(r: Mapping[str, Any], digits: int = 4) -> str:
     return f"[{r['low']:+.{digits}f}, {r['high']:+.{digits}f}]" if r["n"] > 1 else "—"
 
 
+def _where(r: Mapping[str, Any]) -> str:
+    """Where the claim is measured, with the row's ``note`` if any ("2 of 3 seeds extrapolated")."""
+    return str(r.get("where", "")) + (f" ({r['note']})" if r.get("note") else "")
+
+
 def _verdict(r: Mapping[str, Any]) -> str:
     return r["verdict"] + (f" (Holm: {r['holm_verdict']})" if "holm_verdict" in r and
                            r["holm_verdict"] != r["verdict"] else "")
@@ -66,7 +71,7 @@ def terminal(rows: Sequence[Mapping[str, Any]], notes: Sequence[str] = (), width
         block = sorted((r for r in rows if r["study"] == name), key=lambda r: _VERDICT_ORDER.get(r["verdict"], 3))
         out += ["", f"== {name}: {studies()[name].question}"]
         cells = [(_verdict(r), (r["claim"] if len(r["claim"]) <= width else r["claim"][:width - 1] + "…"),
-                  str(r.get("where", "")), f"{r['mean']:+.4f}", _ci(r), f"n={r['n']}") for r in block]
+                  _where(r), f"{r['mean']:+.4f}", _ci(r), f"n={r['n']}") for r in block]
         widths = [max(len(c[i]) for c in cells) for i in range(6)]
         out += ["  ".join(c[i].ljust(widths[i]) for i in range(6)).rstrip() for c in cells]
     if notes:
@@ -79,7 +84,7 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     out = ["| claim | where | mean | 95% CI | per seed | n | verdict |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         seeds = ", ".join(f"{v:+.4f}" for v in r["values"])
-        out.append(f"| {r['claim']} | {r.get('where', '')} | {r['mean']:+.4f} | {_ci(r)} | {seeds} | {r['n']} | "
+        out.append(f"| {r['claim']} | {_where(r)} | {r['mean']:+.4f} | {_ci(r)} | {seeds} | {r['n']} | "
                    f"{_verdict(r)} |")
     return "\n".join(out)
 
@@ -116,7 +121,7 @@ def headline(scale: Scale, root=None) -> str:
     out = ["| claim | measured (95% CI, n) | verdict | study |", "|---|---|---|---|"]
     for r in rows:
         if r.get("headline"):
-            out.append(f"| {r['claim']} ({r.get('where', '')}) | {r['mean']:+.3f} {_ci(r, 3)}, n = {r['n']} | "
+            out.append(f"| {r['claim']} ({_where(r)}) | {r['mean']:+.3f} {_ci(r, 3)}, n = {r['n']} | "
                        f"{_verdict(r)} | [{r['study']}](docs/results.md#{r['study']}) |")
     return "\n".join(out)
 
