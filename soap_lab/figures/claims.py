@@ -19,7 +19,9 @@ __all__ = ["VERDICT_COLORS", "unit", "forest"]
 VERDICT_COLORS = {stats.REPRODUCED: "#1b7837", stats.CONTRADICTED: "#b2182b", stats.INCONCLUSIVE: "#525252"}
 _UNITS = {"loss": "difference of final validation loss (nats)",
           "saved": "fraction saved (1 − SOAP's / the baseline's steps or time)",
-          "pct": "SOAP's overhead, % of an AdamW training step"}
+          "pct": "SOAP's overhead, % of an AdamW training step",
+          "refreshes": "refreshes per factor saved by the adaptive refresh",
+          "log10 tau": "log10 of the staleness τ each tolerates (SOAP − Shampoo)"}
 
 
 def unit(row: Mapping[str, Any]) -> str:

@@ -44,14 +44,12 @@ def color(label: str):
 
 
 def rounded(x, digits: int = 5):
-    """``x`` (a number or an array) to ``digits`` significant digits: what a figure draws from a computation (a fit,
-    a mean) is rounded, so that another CPU's round-off cannot change the bytes of the PDF."""
+    """``x`` (a number or an array) to ``digits`` significant digits, through its decimal text: what a figure draws
+    from a computation (a fit, a mean) is rounded, so that another CPU's round-off cannot change the PDF's bytes."""
     import numpy as np
 
-    a = np.asarray(x, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mag = np.where(np.isfinite(a) & (a != 0), np.floor(np.log10(np.abs(np.where(a == 0, 1, a)))), 0)
-        out = np.where(np.isfinite(a), np.round(a / 10 ** (mag - digits + 1)) * 10 ** (mag - digits + 1), a)
+    fmt = np.vectorize(lambda v: float(f"{v:.{digits}g}") if np.isfinite(v) else v, otypes=[float])
+    out = fmt(np.asarray(x, dtype=float))
     return float(out) if np.ndim(x) == 0 else out
 
 

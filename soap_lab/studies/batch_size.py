@@ -70,7 +70,7 @@ def claim_rows(df, scale) -> List[Dict[str, Any]]:
     rows += [E.saving_row(f"SOAP needs fewer steps than AdamW at batch {b} (saved > 0)", s, 0.0,
                           where=f"steps vs AdamW, batch {b}", batch_size=b) for b, s in solves.items()]
     grow = _growth({b: E.steps_saved(s) for b, s in solves.items()}, "SOAP's step saving grows with batch size "
-                   "(saved({hi}) − saved({lo}) > 0)", "greater", "steps vs AdamW", headline=True)
+                   "(saved({hi}) − saved({lo}) > 0)", "greater", "steps vs AdamW", headline=True, unit="saved")
     rows += [E.flag(r, solves[min(solves)], solves[max(solves)]) for r in grow]  # extrapolated at either end
     if bss and (s := E.solve_seeds(at[min(bss)], batch_frequency(scale, min(bss)), "Shampoo")):
         rows.append(E.saving_row(f"SOAP needs fewer steps than Shampoo at batch {min(bss)} (saved > 0)", s, 0.0,

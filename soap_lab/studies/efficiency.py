@@ -142,7 +142,7 @@ def flag(row: Dict[str, Any], *solves: Mapping[int, Savings]) -> Dict[str, Any]:
 
 def saving_row(text: str, solves: Mapping[int, Savings], threshold: float, **keys) -> Dict[str, Any]:
     """The claim "steps saved > ``threshold``" over the seeds of ``solves``, flagged (:func:`flag`)."""
-    return flag(stats.claim(text, steps_saved(solves), "greater", threshold, **keys), solves)
+    return flag(stats.claim(text, steps_saved(solves), "greater", threshold, unit="saved", **keys), solves)
 
 
 # ============================================================================================ the claims
@@ -197,7 +197,7 @@ def wallclock_claims(df, f: int, timing: Optional[Mapping[str, Any]], batch_size
         iv = stats.Interval(1 - (1 - s_iv.mean) * r_iv.mean, 1 - (1 - s_iv.low) * r_iv.high,
                             1 - (1 - s_iv.high) * r_iv.low, s_iv.n, level, method="bonferroni")
         row = stats.claim(text, {s: 1 - (1 - v) * r_iv.mean for s, v in saved.items()}, "greater", threshold,
-                          where=f"wall-clock vs {base}, batch {batch_size}, f = {f}", baseline=base, batch_size=batch_size,
+                          unit="saved", where=f"wall-clock vs {base}, batch {batch_size}, f = {f}", baseline=base, batch_size=batch_size,
                           f=f, time_ratio=r_iv.mean, time_ratio_low=r_iv.low, time_ratio_high=r_iv.high, rounds=r_iv.n)
         row.update(mean=iv.mean, low=iv.low, high=iv.high, verdict=stats.verdict(iv, "greater", threshold))
         rows.append(flag(row, solves))

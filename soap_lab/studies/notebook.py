@@ -16,7 +16,7 @@ from .registry import get, load_file
 from .report import claim_rows, terminal
 from .scales import Scale
 
-__all__ = ["setup", "run", "claims", "draw"]
+__all__ = ["setup", "run", "claims", "draw", "show"]
 
 
 def setup(study: str, scale: str, sets: Any = None, device: Optional[str] = None, threads: Any = None,
@@ -27,7 +27,7 @@ def setup(study: str, scale: str, sets: Any = None, device: Optional[str] = None
             load_file(study_file)
         s = get(study)
         sc = P.scale_from(scale, P.mapping("set", sets), device)
-        if threads:
+        if threads is not None:
             import torch
 
             torch.set_num_threads(P.integer("threads", threads, 1))
@@ -63,7 +63,7 @@ def claims(s: Study, sc: Scale, root=None) -> str:
     return terminal(*claim_rows(sc, [s.name], root))
 
 
-def draw(s: Study, sc: Scale, figures_dir=None, root=None, show: bool = True) -> List[Path]:
+def draw(s: Study, sc: Scale, figures_dir=None, root=None, display: bool = True) -> List[Path]:
     """Draw the study's figures from stored results into ``figures_dir`` (default ``out/notebook-figures/<scale>``)."""
     out = Path(figures_dir) if figures_dir else store.REPO_ROOT / "out" / "notebook-figures" / sc.name
     paths: List[Path] = []
@@ -74,12 +74,13 @@ def draw(s: Study, sc: Scale, figures_dir=None, root=None, show: bool = True) ->
             sd = None
         got = fn({sc.registered_name: sd}, out)
         paths += got
-        if show:
-            _display(got[0])
+        if display:
+            show(got[0])
     return paths
 
 
-def _display(path: Path) -> None:
+def show(path: Path) -> None:
+    """Display a drawn PNG in a notebook (and print where it is)."""
     try:
         from IPython import get_ipython
         from IPython.display import Image, display

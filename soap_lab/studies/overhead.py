@@ -264,7 +264,8 @@ def overhead_claims(timing: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]
     for key, text in (("per_refresh_pct", "SOAP's overhead falls with f (b > 0 in c + b/f, % of a step)"),
                       ("floor_pct", "SOAP's overhead has a nonzero floor (c > 0 in c + b/f, % of a step)")):
         if fits:
-            row = stats.claim(text, {r: fit[key] for r, fit in fits.items()}, "greater", 0.0, where="timing rounds")
+            row = stats.claim(text, {r: fit[key] for r, fit in fits.items()}, "greater", 0.0, where="timing rounds",
+                              unit="pct")
             rows.append({**row, "seeds": [], "rounds": row["n"]})
     return rows
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import stats
 from ..records import store
-from ..records.store import MissingResults
+from ..records.store import CorruptResults, MissingResults
 from .registry import figures, studies
 from .scales import Scale
 
@@ -141,6 +141,8 @@ def draw_all(scales: Mapping[str, Scale], names: Optional[Sequence[str]] = None,
             for key, sc in scales.items():
                 try:
                     sd = study.data(sc, root)
+                except CorruptResults:
+                    raise  # the figure cannot be right without that record: say which
                 except MissingResults:
                     sd = None
                 data[key] = sd if (sd is None or study.measure or len(sd.runs)) else None
