@@ -209,17 +209,12 @@ def _study(a, p) -> int:
         chosen = [registry.get(n) for n in names]
         sc = _scales([a.scale], a.set, getattr(a, "device", None))[a.scale]
         if a.action == "report":
-            if a.write or a.markdown:
-                text = report.markdown_page(sc, a.runs_root)
-            else:
-                rows, notes = report.claim_rows(sc, names, a.runs_root)
-                text = report.terminal(rows, notes)
             if a.write:
-                with open(a.write, "w") as f:
-                    f.write(text)
-                print(f"wrote {a.write}")
+                print("wrote " + ", ".join(map(str, report.write_results(sc, a.write, a.runs_root))))
+            elif a.markdown:
+                print(report.markdown_page(sc, a.runs_root))
             else:
-                print(text)
+                print(report.terminal(*report.claim_rows(sc, names, a.runs_root)))
             return 0
         shard = sweep.parse_shard(a.shard) if a.shard else None
         if a.threads:
@@ -328,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--dry-run", action="store_true", help="run: list the runs and whether each is stored")
     st.add_argument("--force", action="store_true", help="run: measure again a study of measured data that is stored")
     st.add_argument("--markdown", action="store_true", help="report: the results page's Markdown")
-    st.add_argument("--write", default=None, metavar="FILE", help="report: write the results page to FILE")
+    st.add_argument("--write", default=None, metavar="FILE",
+                    help="report: write the results page to FILE (docs/results.md also refreshes the README's headline)")
     st.add_argument("--runs-root", default=None, help="root of the run records (unset: <repo>/data/runs)")
     st.add_argument("--study-file", action="append", metavar="FILE", help="also register the study in FILE")
     f = sub.add_parser("figures", help="redraw figures/ from stored results (no training)")

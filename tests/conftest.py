@@ -97,7 +97,7 @@ SYNTHETIC_OVERRIDES = dict(preset="tiny", steps=40, eval_every=10, batch_size=8,
 # (frequencies, batch_sizes, budget_fractions are study parameters: they make the scale cpu-<hash> as any override)
 # asymptote of each optimizer's synthetic loss curve (lower is better)
 _FLOOR = {"adamw": 2.0, "shampoo": 1.9, "soap": 1.8, "soap_factorized": 1.82, "soap_one_sided": 1.9,
-          "soap_factorized_one_sided": 1.95}
+          "soap_factorized_one_sided": 1.95, "muon": 1.85}
 
 
 #: per-seed shift of every loss (seed 0: none), times the optimizer's factor below (known numbers for seeded figures)
@@ -136,7 +136,7 @@ def _write_synthetic_record(cfg, root, step_time=0.01):
         "val_time": [st * s for s in val_steps],
     }
     state = {"adamw": 2, "shampoo": 9, "soap": 9, "soap_factorized": 8, "soap_one_sided": 3,
-             "soap_factorized_one_sided": 1.5}[cfg.optimizer]
+             "soap_factorized_one_sided": 1.5, "muon": 1}[cfg.optimizer]
     summary = {"steps_total": steps, "steps_done": steps, "final_val_loss": metrics["val_loss"][-1],
                "final_train_loss": metrics["loss"][-1], "diverged": False, "wall_time": st * steps,
                "opt_time_total": st / 2 * steps, "step_time_mean": st, "optimizer_state_bytes": int(state * 4000),
@@ -206,42 +206,3 @@ def synthetic_seeded_pool(tmp_path_factory, synthetic_seeded_scale):
     root = tmp_path_factory.mktemp("synthetic_seeded_runs")
     _write_study_records(synthetic_seeded_scale, root)
     return root
-
-
-@pytest.fixture
-def never_reached(synthetic_pool, synthetic_scale):
-    """The comparison study's efficiency row vs AdamW when AdamW's final loss is below SOAP's asymptote."""
-    from soap_lab import analysis
-
-    sd = analysis.study_data("comparison", synthetic_scale, synthetic_pool)
-    runs = sd.runs.copy()
-    runs.loc[runs["label"] == "AdamW", "final_val_loss"] = 1.0  # below SOAP's asymptote 1.8
-    sd.runs = runs
-    return analysis.efficiency_table(sd, baselines=("AdamW",))[0]
-
-
-# ---------------------------------------------------------------------------------- a trained pool
-#: The tiny sweep every notebook runs against (``smoke_pool``).
-SMOKE = dict(preset="tiny", steps=8, eval_every=2, eval_batches=1, batch_size=4,
-             lrs={"adamw": [1e-2], "soap": [1e-2], "shampoo": [1e-2]}, frequencies=[2, 4], batch_sizes=[2, 4],
-             budget_fractions=[0.5, 0.75, 1.0])
-
-
-@pytest.fixture(scope="session")
-def smoke_overrides():
-    """The ``Scale`` fields of the smoke sweep (a notebook's ``scale_overrides``)."""
-    return dict(SMOKE)
-
-
-@pytest.fixture(scope="session")
-def smoke_pool(tmp_path_factory, one_thread_kernels):
-    """The tiny sweep of every study (:data:`SMOKE`), trained once (in-process, one thread) for the session:
-    ``(results root, scale)``."""
-    from soap_lab import ablations, notebook
-
-    root = tmp_path_factory.mktemp("runs")
-    sc = notebook.notebook_scale("cpu", overrides=SMOKE)
-    with _torch_threads(1):
-        for study in ablations.STUDIES:
-            ablations.run(study, sc, root, log=None)
-    return root, sc

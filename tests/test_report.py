@@ -12,7 +12,7 @@ import pytest
 from soap_lab import stats
 from soap_lab.figures import claims as forest
 from soap_lab.records import store
-from soap_lab.studies import get_scale, registry, report
+from soap_lab.studies import get_scale, report
 
 ROOT = Path(__file__).resolve().parents[1]
 

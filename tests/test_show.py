@@ -4,7 +4,7 @@ import json
 import pytest
 
 from soap_lab.records import store, show
-from soap_lab.__main__ import main
+from soap_lab.cli import main
 from soap_lab.train.loop import train
 from soap_lab.train.config import TrainConfig
 

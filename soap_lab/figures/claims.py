@@ -21,7 +21,9 @@ _UNITS = {"loss": "difference of final validation loss (nats)",
           "saved": "fraction saved (1 − SOAP's / the baseline's steps or time)",
           "pct": "SOAP's overhead, % of an AdamW training step",
           "refreshes": "refreshes per factor saved by the adaptive refresh",
-          "log10 tau": "log10 of the staleness τ each tolerates (SOAP − Shampoo)"}
+          "log10 tau": "log10 of the staleness τ each tolerates (SOAP − Shampoo)",
+          "ratio": "time per training step, SOAP / Muon − 1",
+          "slope": "change of rise_SOAP − rise_Shampoo per doubling of the width"}
 
 
 def unit(row: Mapping[str, Any]) -> str:

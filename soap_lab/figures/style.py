@@ -18,7 +18,7 @@ import seaborn as sns
 from ..records.store import MissingResults
 
 __all__ = ["PALETTE", "MARKERS", "color", "style", "save", "missing_hint", "panel_rows", "footer", "noise_note", "caption",
-           "scale_tag", "rounded"]
+           "scale_tag", "rounded", "log_axis"]
 
 
 _C = sns.color_palette("colorblind", 10)
@@ -73,6 +73,15 @@ def save(fig, figures_dir, name: str) -> List[Path]:
     fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None, "Creator": None, "Producer": None})
     plt.close(fig)
     return paths
+
+
+def log_axis(ax, ticks, labels=None, base: float = 10) -> None:
+    """A logarithmic x axis with a tick at each of ``ticks`` (labelled ``labels``, default ``f"{x:g}"``), no minor
+    ticks: frequencies, learning rates, batch sizes."""
+    ax.set_xscale("log", base=base)
+    ax.set_xticks(list(ticks))
+    ax.set_xticklabels(list(labels) if labels is not None else [f"{float(x):g}" for x in ticks])
+    ax.minorticks_off()
 
 
 def missing_hint(scale_name: str, study: str = "") -> str:

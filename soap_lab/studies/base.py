@@ -8,7 +8,6 @@ preconditioning from step f). Runs with the same seed share the model init and t
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..train.config import TrainConfig
 from .scales import Scale
 
 __all__ = ["Study", "MissingResults", "CorruptResults", "SHAMPOO_BASELINE", "run_config", "lr_sweep_configs",
-           "tuned_lr", "label", "unique", "StudyData", "load", "by_seed", "finite"]
+           "best_lr", "tuned_lr", "label", "unique", "StudyData", "load", "by_seed", "finite"]
 
 #: The paper's Shampoo baseline (DistributedShampoo with root 2.5, ε 1e-12, Adam grafting).
 SHAMPOO_BASELINE = {"exponent": 0.4, "eps": 1e-12, "grafting": "adam"}
@@ -104,38 +103,34 @@ def lr_sweep_configs(scale: Scale, root=None, seeds: Optional[Sequence[int]] = N
             for s in seeds]
 
 
-def tuned_lr(optimizer: str, scale: Scale, root=None) -> float:
-    """The lr of the sweep with the lowest mean final validation loss over ``scale.lr_seeds`` for ``optimizer``
-    (SOAP's variants: SOAP's); an lr where any seed diverged is out. A missing or corrupt record of the sweep
-    raises :class:`MissingResults` naming the file: a tuned value is never chosen without it."""
-    tuned = "soap" if optimizer.startswith("soap") else optimizer
-    if tuned not in scale.lrs:
-        raise ValueError(f"no learning-rate grid for {optimizer!r} at scale {scale.name!r}; tuned: {list(scale.lrs)}")
+def best_lr(cfgs: Sequence[Any], what: str, hint: str) -> float:
+    """The lr of ``cfgs`` (runs of one optimizer over an lr grid, on the tuning seeds) with the lowest mean final
+    validation loss; an lr where any seed diverged is out. A missing or corrupt record raises
+    :class:`MissingResults` naming it and ``hint`` (the command that trains them): never a choice without it."""
     losses: Dict[float, List[Optional[float]]] = {}
-    for cfg in lr_sweep_configs(scale, root):
-        if cfg.optimizer != tuned:
-            continue
+    for cfg in cfgs:
         path = store.record_path(cfg)
         if not path.exists():
-            raise MissingResults(
-                f"the learning-rate sweep for {tuned} at scale {scale.name!r} is not finished ({path.name} missing): "
-                f"run `python -m soap_lab study run lr_sweep --scale {scale.registered_name}`")
+            raise MissingResults(f"the learning-rate sweep for {what} is not finished ({path.name} missing): run `{hint}`")
         try:
             rec = store.read_complete_record(path)
         except store.CorruptRecord as e:
-            raise CorruptResults(f"cannot tune the lr of {tuned} at scale {scale.name!r}: {e} "
-                                 f"(delete it and rerun the lr_sweep study)") from None
+            raise CorruptResults(f"cannot tune the lr of {what}: {e} (delete it and rerun `{hint}`)") from None
         losses.setdefault(cfg.lr, []).append(rec["summary"].get("final_val_loss"))
-    best: Optional[Tuple[float, float]] = None
-    for lr, ls in losses.items():
-        if not all(finite(x) for x in ls):
-            continue
-        mean = sum(ls) / len(ls)
-        if best is None or mean < best[0]:
-            best = (mean, lr)
-    if best is None:
-        raise MissingResults(f"every {tuned} run of the learning-rate sweep diverged at scale {scale.name!r}")
-    return best[1]
+    means = {lr: sum(ls) / len(ls) for lr, ls in losses.items() if all(finite(x) for x in ls)}
+    if not means:
+        raise MissingResults(f"every run of the learning-rate sweep for {what} diverged")
+    return min(means, key=lambda lr: (means[lr], lr))
+
+
+def tuned_lr(optimizer: str, scale: Scale, root=None) -> float:
+    """The lr of the sweep (:func:`lr_sweep_configs`) with the lowest mean final validation loss over
+    ``scale.lr_seeds`` for ``optimizer`` (SOAP's variants: SOAP's), by :func:`best_lr`."""
+    tuned = "soap" if optimizer.startswith("soap") else optimizer
+    if tuned not in scale.lrs:
+        raise ValueError(f"no learning-rate grid for {optimizer!r} at scale {scale.name!r}; tuned: {list(scale.lrs)}")
+    return best_lr([c for c in lr_sweep_configs(scale, root) if c.optimizer == tuned],
+                   f"{tuned} at scale {scale.name!r}", f"python -m soap_lab study run lr_sweep --scale {scale.registered_name}")
 
 
 _PRETTY = {"adamw": "AdamW", "shampoo": "Shampoo", "adafactor": "Adafactor", "eigen_adafactor": "EigenAdafactor",

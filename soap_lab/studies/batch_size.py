@@ -125,10 +125,9 @@ def batch_size_table(sd, target: Optional[float] = None):
 
 # ================================================================================================ figure
 def _log2_batches(ax, bss) -> None:
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(bss)
-    ax.set_xticklabels([str(b) for b in bss])
-    ax.minorticks_off()
+    from ..figures import style
+
+    style.log_axis(ax, bss, base=2)
     ax.set_xlabel("batch size (sequences per step)")
 
 

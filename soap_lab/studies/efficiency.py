@@ -25,9 +25,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .. import stats
-from ..records import datasets, store
+from ..records import store
 from ..figures.seeds import pm
 from .base import Study, finite, run_config, tuned_lr
+from .overhead import load_timing as timing
+from .overhead import time_ratios
 
 PARAMS = {"cpu_freq": dict(budget_fractions=(0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)),
           "*": dict(budget_fractions=(0.5, 0.625, 0.75, 0.875, 1.0))}
@@ -105,12 +107,12 @@ def final_losses(df, label: str, f: Optional[int] = None, budget: float = 1.0) -
 
 def solve_seeds(df, f: int, base: str) -> Dict[int, Savings]:
     """Per seed, SOAP's final losses at ``f`` over its budgets fitted and solved for the same seed's ``base``
-    ("AdamW", or "Shampoo" at the same f) full-budget loss; seeds with < 3 SOAP budgets or no fit are left out.
+    ("AdamW", "Muon", or "Shampoo" at the same f) full-budget loss; seeds with < 3 SOAP budgets or no fit are left out.
     ``df``: the runs of one batch size."""
     full = df[df["budget_fraction"] == 1.0]
     steps = int(full["steps_total"].max()) if len(full) else 0
     out: Dict[int, Savings] = {}
-    for seed, target in final_losses(df, base, None if base == "AdamW" else f).items():
+    for seed, target in final_losses(df, base, f if base == "Shampoo" else None).items():
         soap = df[(df["label"] == "SOAP") & (df["seed"] == seed) & (df["f"] == f)]
         if target is None or soap["budget_fraction"].nunique() < 3:
             continue
@@ -155,27 +157,6 @@ def efficiency_claims(df, f: int, batch_size: int) -> List[Dict[str, Any]]:
             rows.append(saving_row(text, solves, threshold, where=f"steps vs {base}, batch {batch_size}, f = {f}",
                                    baseline=base, batch_size=batch_size, f=f, headline=base == "AdamW"))
     return rows
-
-
-def timing(scale) -> Optional[Dict[str, Any]]:
-    """The scale's stored timing study, ``data/overhead/overhead_<scale>.json`` (``out/overhead/`` for a scale with
-    overrides, where the overhead study writes it), or None."""
-    path = (store.REPO_ROOT / "out" / "overhead" if "-" in scale.name else datasets.OVERHEAD_DIR) / \
-        f"overhead_{scale.name}.json"
-    return store.read_record(path) if path.is_file() else None
-
-
-def time_ratios(timing: Optional[Mapping[str, Any]], f: int, base: str = "AdamW") -> List[float]:
-    """SOAP's training-step time over ``base``'s ("AdamW", or "Shampoo" at the same f) in each round of a timing
-    study: (forward+backward + SOAP step) / (forward+backward + base step), all from the same round; empty where
-    the study lacks the arms or its rounds do not pair."""
-    timing = timing or {}
-    soap = (timing.get("soap_times") or {}).get(str(f))
-    other = timing.get("adamw_times") if base == "AdamW" else (timing.get("shampoo_times") or {}).get(str(f))
-    fb = timing.get("forward_backward_times")
-    if not (soap and other and fb) or not len(soap) == len(other) == len(fb):
-        return []
-    return [(t_fb + t_s) / (t_fb + t_o) for t_fb, t_s, t_o in zip(fb, soap, other)]
 
 
 def wallclock_claims(df, f: int, timing: Optional[Mapping[str, Any]], batch_size: int,

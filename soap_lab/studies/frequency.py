@@ -12,7 +12,7 @@ run (``long_steps`` at ``long_frequencies``, the paper's f = 100 refreshing ≥ 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from .. import stats
 from .base import Study, by_seed, finite, run_config, tuned_lr
@@ -183,10 +183,7 @@ def draw(data: Mapping[str, Any], out, name: str = "frequency"):
                 else:
                     ax.plot([], [], color=style.color("AdamW"), ls="--", label=text + " (far above: not drawn)")
             fs = sorted(pre["f"].unique())
-            ax.set_xscale("log")
-            ax.set_xticks(fs)
-            ax.set_xticklabels([f"{f}\n{max(steps - 1, 0) // f}" for f in fs])
-            ax.minorticks_off()
+            style.log_axis(ax, fs, [f"{f}\n{max(steps - 1, 0) // f}" for f in fs])
             ax.set_xlabel("precondition frequency f  (second line: SOAP basis refreshes in the run)")
             ax.set_ylabel("final validation loss")
             ax.set_title(f"Final loss vs f [{key}, batch {bs}, {steps} steps]\n{S.n_text(ns, where=' per point')}")
@@ -207,9 +204,7 @@ def draw(data: Mapping[str, Any], out, name: str = "frequency"):
             bx.axhline(0.0, color="0.3", lw=0.8)
             bx.set_xscale("log")
             if diff:
-                bx.set_xticks([r["f"] for r in diff])
-                bx.set_xticklabels([str(r["f"]) for r in diff])
-                bx.minorticks_off()
+                style.log_axis(bx, [r["f"] for r in diff])
                 bx.legend(fontsize=6.5, loc="best")
                 bx.margins(x=0.25)
             f0 = diff[0]["f0"] if diff else "f₀"

@@ -80,11 +80,7 @@ def draw(data: Mapping[str, Any], out, name: str = "lr_sweep"):
                     ax.scatter(dx(bad["lr"].astype(float)), [ymax] * len(bad), marker="x", color=c, s=40, zorder=3)
                 ax.scatter(dx(best["lr"]), best["mean"], s=170, facecolors="none", edgecolors=c, linewidths=1.5,
                            zorder=4)
-            ax.set_xscale("log")
-            lrs = sorted(tab["lr"].unique())
-            ax.set_xticks(lrs)
-            ax.set_xticklabels([f"{x:g}" for x in lrs])
-            ax.minorticks_off()
+            style.log_axis(ax, sorted(tab["lr"].unique()))
             ax.margins(x=0.12)
             ax.set_xlabel("peak learning rate")
             ax.set_ylabel("final validation loss")

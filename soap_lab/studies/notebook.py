@@ -7,7 +7,7 @@ are ``make figures``' alone, so a notebook never rewrites them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from ..records import store
 from . import params as P

@@ -265,7 +265,7 @@ def overhead_claims(timing: Optional[Mapping[str, Any]]) -> List[Dict[str, Any]]
                       ("floor_pct", "SOAP's overhead has a nonzero floor (c > 0 in c + b/f, % of a step)")):
         if fits:
             row = stats.claim(text, {r: fit[key] for r, fit in fits.items()}, "greater", 0.0, where="timing rounds",
-                              unit="pct")
+                              unit="pct", headline=key == "floor_pct")
             rows.append({**row, "seeds": [], "rounds": row["n"]})
     return rows
 
@@ -370,10 +370,7 @@ def draw(data: Mapping[str, Any], out, name: str = "overhead"):
             if data[key] is not None:
                 _run_points(ax, data[key], style)
             for a in (ax, ax2):
-                a.set_xscale("log")
-                a.set_xticks(fs)
-                a.set_xticklabels([f"{int(f)}" for f in fs])
-                a.minorticks_off()
+                style.log_axis(a, fs, [f"{int(f)}" for f in fs])
                 a.set_xlabel("precondition frequency f")
             ax.set_ylabel("SOAP's extra time per step\n(% of an AdamW training step)")
             ax.set_title(f"SOAP's time overhead over AdamW [{key}]\n{nt}")

@@ -95,8 +95,14 @@ def train(study: Study, scale: Scale, root=None, shard: Optional[Tuple[int, int]
                 log(f"shard {shard[0]}/{shard[1]} waits for the other shards' lr sweep: {e}")
             said = str(e)
             time.sleep(poll_s)
-    todo = [c for c in pick(cfgs) if not store.has_record(c)]
-    if log:
-        log(f"{study.name} at {scale.name}: {len(todo)} of {len(cfgs)} runs to train"
-            + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
-    return done + sweep.run_sweep(todo, log=log)
+    seen: set = set()
+    while True:  # a study whose grid grows once its own sweep is stored (width, muon) is asked again
+        todo = [c for c in pick(cfgs) if not store.has_record(c)]
+        if log:
+            log(f"{study.name} at {scale.name}: {len(todo)} of {len(cfgs)} runs to train"
+                + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
+        done += sweep.run_sweep(todo, log=log)
+        seen |= {store.run_id(c) for c in cfgs}
+        cfgs = study.configs(scale, root)
+        if not {store.run_id(c) for c in cfgs} - seen:
+            return done

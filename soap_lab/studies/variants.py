@@ -47,7 +47,7 @@ def claim_rows(df, f: int) -> List[Dict[str, Any]]:
     for text, a, b, kind, margin in pairs:
         d = stats.paired_differences(at(a, f), at(b, None if b == "AdamW" else f))
         if d:
-            rows.append(stats.claim(text, d, kind, margin, where=f"f = {f}", f=f))
+            rows.append(stats.claim(text, d, kind, margin, where=f"f = {f}", f=f, headline=text.startswith("one-sided")))
     return rows
 
 

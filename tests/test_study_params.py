@@ -1,8 +1,8 @@
 """soap_lab.params: papermill's text parameters become lists/mappings; bad values are one-line errors."""
 import pytest
 
-from soap_lab import params as P
-from soap_lab.params import ParameterError
+from soap_lab.studies import params as P
+from soap_lab.studies.params import ParameterError
 
 
 def test_text_lists_and_mappings_are_parsed():
