@@ -73,7 +73,8 @@ def terminal(rows: Sequence[Mapping[str, Any]], notes: Sequence[str] = (), width
         block = sorted((r for r in rows if r["study"] == name), key=lambda r: _VERDICT_ORDER.get(r["verdict"], 3))
         out += ["", f"== {name}: {studies()[name].question}"]
         cells = [(_verdict(r), (r["claim"] if len(r["claim"]) <= width else r["claim"][:width - 1] + "…"),
-                  _where(r), f"{r['mean']:+.4f}", _ci(r), f"n={r['n']}") for r in block]
+                  _where(r), f"{r['mean']:.1e}" if r.get("exact") else f"{r['mean']:+.4f}", _ci(r), f"n={r['n']}")
+                 for r in block]
         widths = [max(len(c[i]) for c in cells) for i in range(6)]
         out += ["  ".join(c[i].ljust(widths[i]) for i in range(6)).rstrip() for c in cells]
     if notes:
@@ -85,8 +86,9 @@ def markdown_rows(rows: Sequence[Mapping[str, Any]]) -> str:
     """Claim rows as a Markdown table (every seed's value shown)."""
     out = ["| claim | where | mean | 95% CI | per seed | n | verdict |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        seeds = ", ".join(f"{v:+.4f}" for v in r["values"])
-        out.append(f"| {r['claim']} | {_where(r)} | {r['mean']:+.4f} | {_ci(r)} | {seeds} | {r['n']} | "
+        num = (lambda v: f"{v:.1e}") if r.get("exact") else (lambda v: f"{v:+.4f}")  # exact identities: no seeds
+        seeds = "—" if r.get("exact") else ", ".join(num(v) for v in r["values"])
+        out.append(f"| {r['claim']} | {_where(r)} | {num(r['mean'])} | {_ci(r)} | {seeds} | {r['n']} | "
                    f"{_verdict(r)} |")
     return "\n".join(out)
 
@@ -114,7 +116,28 @@ def markdown_page(scale: Scale, root=None) -> str:
             except MissingResults:
                 pass
         out += [line for n in notes if n.startswith(f"{name}:") for line in ("", f"_{n}_")]
+        prov = provenance_line(s, scale, root)
+        out += ["", prov] if prov else []
     return "\n".join(out) + "\n"
+
+
+def provenance_line(study, scale: Scale, root=None) -> str:
+    """Where a study's stored runs come from: how many, their summed training time, commits, clean trees."""
+    if study.grid is None:
+        return ""
+    try:
+        sd = study.data(scale, root)
+    except MissingResults:
+        return ""
+    r = sd.runs
+    if not len(r):
+        return ""
+    hours = float(r["wall_time"].fillna(0).sum()) / 3600 if "wall_time" in r else 0.0
+    commits = sorted({str(c)[:7] for c in r.get("git_commit", []) if isinstance(c, str)})
+    dirty = int((r["git_dirty"] == True).sum()) if "git_dirty" in r else 0  # noqa: E712
+    return (f"_Records: {len(r)} of {len(sd.expected)} runs stored, {hours:.1f} hours of training (their recorded "
+            f"wall times, one thread each on a shared 2-core CPU); commits {', '.join(commits) or 'unknown'}"
+            + (f"; {dirty} from a dirty tree" if dirty else "; every one from a clean tree") + "._")
 
 
 def headline(scale: Scale, root=None) -> str:
