@@ -221,8 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from . import results, sweep
-    from .train import train
+    from . import sweep
 
     try:
         if args.zero and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -249,6 +248,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
         parser.error(str(e))  # exits with code 2
 
+    from .checkpoint import RunInterrupted
+    from .distributed import destroy_distributed
+
+    try:
+        code = _run(args, configs, parser)
+    except RunInterrupted as e:  # every rank stopped after the same step, once the checkpoint was written
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        code = 130
+    except KeyboardInterrupt:  # a second Ctrl-C: this rank may be mid-collective, so the group is left as is
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    # The ranks finished together: end the process group here, not at the interpreter's exit, where a gloo
+    # worker thread can abort the process after all its work is done (soap_lab.distributed).
+    destroy_distributed()
+    return code
+
+
+def _run(args, configs, parser) -> int:
+    """``main``'s train or sweep command on parsed, validated arguments; returns the exit code."""
+    from . import results, sweep
+    from .train import train
+
     try:
         if args.command == "train":
             if args.skip_existing and results.has_record(configs[0]):
@@ -272,9 +293,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _data_errors() as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # checkpoint.RunInterrupted says where the checkpoint is
-        print(f"{parser.prog}: {e or 'interrupted'}", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
