@@ -130,7 +130,9 @@ def _report(result) -> None:
 
 def _train_or_sweep(a, p) -> int:
     from .records import store, sweep
+    from .train.checkpoint import RunInterrupted
     from .train.data import DataError
+    from .train.distributed import destroy_distributed
     from .train.loop import train
 
     try:
@@ -178,9 +180,17 @@ def _train_or_sweep(a, p) -> int:
     except (DataError, ValueError) as e:
         print(f"{p.prog}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # checkpoint.RunInterrupted says where the checkpoint is
-        print(f"{p.prog}: {e or 'interrupted'}", file=sys.stderr)
+    except RunInterrupted as e:  # every rank stopped after the same step, its checkpoint written
+        print(f"{p.prog}: {e}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: this rank may be mid-collective, so its group is left as is
+        print(f"{p.prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130)
+    finally:
+        # The ranks finished together: end the process group now, not at the interpreter's exit, where a gloo
+        # worker thread can abort a rank after its work is done (soap_lab/train/distributed.py).
+        if sys.exc_info()[1] is None:  # after an unexpected error or a bare Ctrl-C a rank may be mid-collective
+            destroy_distributed()
 
 
 # ======================================================================================== study, figures, show
