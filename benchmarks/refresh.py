@@ -32,7 +32,6 @@ import math
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List
 
@@ -182,28 +181,9 @@ def stack_part(args, shapes: List[tuple], device: torch.device) -> Dict:
             "repeats": r}
 
 
-@contextmanager
-def _captured_optimizers(into: List):
-    """``soap_lab.train`` builds its optimizer inside ``train()``: remember each one built (for refresh_stats)."""
-    import soap_lab.train as train_mod
-
-    build = train_mod.build_optimizer
-
-    def capture(*a, **kw):
-        opt = build(*a, **kw)
-        into.append(opt)
-        return opt
-
-    train_mod.build_optimizer = capture
-    try:
-        yield
-    finally:
-        train_mod.build_optimizer = build
-
-
 def train_part(args) -> Dict:
     import throughput
-    from soap_lab.train_config import TrainConfig
+    from soap_lab.train.config import TrainConfig
 
     rows = []
     variants = [("fixed", {})] + [(f"adaptive_tau{tau:g}", dict(refresh_policy="adaptive", refresh_tolerance=tau))
@@ -214,14 +194,10 @@ def train_part(args) -> Dict:
             steps=args.train_steps, warmup_fraction=0.0, eval_every=0, eval_batches=1, precondition_frequency=1,
             hparams=hp, device=args.train_device, progress=False, save=False,
         )
-        built: List = []
-        with _captured_optimizers(built):
-            row = throughput.measure(config, args.skip)
-        stats = built[-1].refresh_stats()
-        factors = [f for r in stats["params"] for f in r["factors"]]
+        row = throughput.measure(config, args.skip)
+        stats = row.pop("refresh")  # the run's own record of its refreshes
         row.update(variant=name, refreshes=stats["refreshes"], checks=stats["checks"], skipped=stats["skipped"],
-                   factors=len(factors),
-                   refreshes_per_factor=stats["refreshes"] / len(factors) if factors else 0.0,
+                   factors=stats["factors"], refreshes_per_factor=stats["refreshes_per_factor"],
                    refresh_gflop=stats["refresh_flops"] / 1e9, skipped_gflop=stats["skipped_flops"] / 1e9)
         rows.append(row)
         if args.verbose:

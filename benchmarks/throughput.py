@@ -54,6 +54,7 @@ def measure(config: TrainConfig, skip: int) -> dict:
         "state_mb": s["optimizer_state_bytes"] / 2**20,
         "final_train_loss": s["final_train_loss"],
         "run_s": total,
+        "refresh": s.get("refresh"),  # eigenbasis optimizers: refreshes, checks, FLOPs (soap_lab/train/refresh_log.py)
     }
 
 

@@ -57,7 +57,7 @@ def test_unknown_optimizer_exits_2_listing_allowed_names(one_thread_env):
     (["study", "run", "nope"], ["unknown study 'nope'; allowed: equivalence, lr_sweep"]),
     (["study", "run", "frequency", "--set", "steps=2.5"], ["steps must be an integer >= 1, got 2.5"]),
     (["study", "report", "--scale", "tpu"], ["invalid choice: 'tpu'"]),
-    (["figures", "--only", "nope"], ["unknown figure 'nope'; allowed: lr_sweep"]),
+    (["figures", "--only", "nope"], ["unknown figure 'nope'; allowed: equivalence_claim1"]),
 ] + ([] if torch.cuda.is_available() else [
     (["train", "--device", "cuda"], ["device 'cuda' asked for but CUDA is not available here"]),
 ]))
@@ -115,7 +115,7 @@ def test_figures_without_records_exit_1_naming_the_command(tmp_path, capsys):
 def test_study_list_and_report_read_the_committed_records(capsys):
     assert main(["study", "list"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("lr_sweep") and "frequency" in out
+    assert out.startswith("equivalence") and "frequency" in out and "muon" in out
     assert main(["study", "report", "frequency", "--scale", "cpu_freq"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("== frequency: Does SOAP degrade")

@@ -26,11 +26,11 @@ def test_rows_by_id_glob_and_path(runs, capsys, tmp_path):
     assert main(["show", adamw.run_id, "soap_f2_*", str(soap.record_path), "--runs-root", str(root),
                  "--plot", str(tmp_path / "c.png")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:4] == ["run_id", "optimizer", "f", "lr"]
+    assert out[0].split()[:5] == ["run_id", "optimizer", "settings", "f", "lr"]
     body = [line for line in out[1:] if not line.startswith("curves")]
     assert [line.split()[0] for line in body] == [adamw.run_id, soap.run_id]  # the repeated run shown once
     soap_row = body[1].split()
-    assert soap_row[1:3] == ["soap", "2"] and f"{soap.final_val_loss:.4f}" in body[1] and "4/4" in soap_row
+    assert soap_row[1:4] == ["soap", "-", "2"] and f"{soap.final_val_loss:.4f}" in body[1] and "4/4" in soap_row
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 

@@ -48,7 +48,7 @@ def test_from_dict_round_trips_and_refuses_unknown_fields():
     ({"tokenizer": "wordpiece"}, "unknown tokenizer 'wordpiece'; allowed: char, bpe"),
     ({"dtype": "float64", "precision": "bf16"}, "dtype float64 excludes bf16 autocast"),
     ({"budget_fraction": 0.0}, "budget_fraction must be in (0, 1]"),
-    ({"lr": 0.0}, "lr must be > 0"),
+    ({"lr": 0.0}, "lr must be a finite number > 0"),
 ])
 def test_validate_names_what_is_allowed(fields, message):
     with pytest.raises(ValueError) as e:
