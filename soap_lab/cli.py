@@ -195,7 +195,7 @@ def _train_or_sweep(a, p) -> int:
 
 # ======================================================================================== study, figures, show
 def _scales(names: Sequence[str], sets, device: Optional[str] = None) -> Dict[str, Any]:
-    from .studies.params import scale_from
+    from .studies.registry import scale_from
 
     return {n: scale_from(n, dict(sets), device) for n in names}
 

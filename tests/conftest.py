@@ -173,7 +173,7 @@ def _write_study_records(scale, root, names=None):
 @pytest.fixture(scope="session")
 def synthetic_scale():
     """The synthetic scale: ``cpu`` with :data:`SYNTHETIC_OVERRIDES` (renamed ``cpu-<hash>``)."""
-    from soap_lab.studies.params import scale_from
+    from soap_lab.studies.registry import scale_from
 
     return scale_from("cpu", SYNTHETIC_OVERRIDES)
 
@@ -195,7 +195,7 @@ SEEDED_OVERRIDES = dict(SYNTHETIC_OVERRIDES, seeds=[0, 1, 2], tune_seeds=[0])
 @pytest.fixture(scope="session")
 def synthetic_seeded_scale():
     """The synthetic scale with seeds 0, 1, 2 (:data:`SEEDED_OVERRIDES`); losses moved per seed by ``seed_shift``."""
-    from soap_lab.studies.params import scale_from
+    from soap_lab.studies.registry import scale_from
 
     return scale_from("cpu", SEEDED_OVERRIDES)
 

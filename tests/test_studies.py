@@ -7,7 +7,8 @@ import pytest
 
 from soap_lab.records import store
 from soap_lab.studies import SCALES, Study, get_scale, is_registered, registry, run_config
-from soap_lab.studies.params import ParameterError, scale_from
+from soap_lab.studies.params import ParameterError
+from soap_lab.studies.registry import scale_from
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import _write_synthetic_record
 from soap_lab import stats
 from soap_lab.records import store
-from soap_lab.studies import get_scale, lr_sweep_configs, registry
+from soap_lab.studies import get_scale, lr_sweep_configs
 from soap_lab.studies import width as W
 
 SMALL = dict(preset="tiny", steps=40, eval_every=10, seeds=(0, 1, 2), lrs={"adamw": (1e-2,), "soap": (1e-2,),

@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 from ..records import store
 from . import params as P
 from .base import Study
-from .registry import get, load_file
+from .registry import get, load_file, scale_from
 from .report import claim_rows, terminal
 from .scales import Scale
 
@@ -26,7 +26,7 @@ def setup(study: str, scale: str, sets: Any = None, device: Optional[str] = None
         if study_file:
             load_file(study_file)
         s = get(study)
-        sc = P.scale_from(scale, P.mapping("set", sets), device)
+        sc = scale_from(scale, P.mapping("set", sets), device)
         if threads is not None:
             import torch
 

@@ -13,7 +13,7 @@ import math
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["ParameterError", "coerce", "integer", "number", "integers", "numbers", "mapping", "choices",
-           "scale_from"]
+           "field_checks"]
 
 
 class ParameterError(ValueError):
@@ -114,13 +114,13 @@ def choices(name: str, value: Any, allowed: Sequence[str]) -> Tuple[str, ...]:
     return tuple(items)
 
 
-def _device(name: str, device: Any) -> str:
+def device(name: str, device: Any) -> str:
     if not isinstance(device, str) or not (device in ("cpu", "cuda") or device.startswith("cuda:")):
         raise ParameterError(f"{name}: unknown device {device!r}; allowed: cpu, cuda, cuda:N")
     return device
 
 
-def _field_checks() -> Dict[str, Any]:
+def field_checks() -> Dict[str, Any]:
     """How each ``Scale`` field given as an override is checked (and coerced from text)."""
     from ..train.data import TOKENIZERS
     from ..train.models import PRESETS
@@ -140,31 +140,6 @@ def _field_checks() -> Dict[str, Any]:
 
     pos = lambda n, v: integer(n, v, 1)  # noqa: E731
     seeds = lambda n, v: integers(n, v, 0, example="[0, 1, 2]")  # noqa: E731
-    return {"preset": one_of(tuple(PRESETS)), "tokenizer": one_of(TOKENIZERS), "device": _device,
+    return {"preset": one_of(tuple(PRESETS)), "tokenizer": one_of(TOKENIZERS), "device": device,
             "batch_size": pos, "steps": pos, "eval_every": pos, "eval_batches": pos, "base_frequency": pos,
             "seeds": seeds, "tune_seeds": lambda n, v: None if v is None else seeds(n, v), "lrs": lrs}
-
-
-def scale_from(name: str, sets: Optional[Mapping[str, Any]] = None, device: Optional[str] = None):
-    """The scale ``name`` with ``sets`` applied: ``Scale`` fields (checked) and study parameters (any study's
-    ``params`` key, coerced from text); renamed ``<name>-<hash>`` if anything changed. One-line errors."""
-    from .registry import studies
-    from .scales import SCALES, get_scale
-
-    if name not in SCALES:
-        raise ParameterError(f"unknown scale {name!r}; allowed: {', '.join(SCALES)}")
-    checks, over = _field_checks(), {}
-    known = sorted({k for s in studies().values() for d in s.params.values() for k in d})
-    for k, v in mapping("set", dict(sets or {})).items():
-        if k in checks:
-            over[k] = checks[k](k, coerce(v))
-        elif k in known:
-            over[k] = coerce(v)
-        else:
-            raise ParameterError(f"unknown scale field or study parameter {k!r}; scale fields: "
-                                 f"{', '.join(sorted(checks))}; study parameters: {', '.join(known)}")
-    if "steps" in over and "eval_every" not in over:
-        over["eval_every"] = max(1, min(SCALES[name].eval_every, over["steps"] // 4 or 1))
-    if device is not None:
-        over["device"] = _device("device", device)
-    return get_scale(name, **over)

@@ -11,14 +11,16 @@ import importlib.util
 import pkgutil
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..records import store, sweep
 from .base import MissingResults, Study, StudyData, lr_sweep_configs
+from . import params as P
 from .params import ParameterError
+from .scales import SCALES, get_scale
 from .scales import Scale
 
-__all__ = ["studies", "get", "load_file", "figures", "data", "train", "ParameterError"]
+__all__ = ["studies", "get", "load_file", "figures", "data", "train", "scale_from", "ParameterError"]
 
 _EXTRA: Dict[str, Study] = {}
 _FOUND: Optional[Dict[str, Study]] = None
@@ -106,3 +108,25 @@ def train(study: Study, scale: Scale, root=None, shard: Optional[Tuple[int, int]
         cfgs = study.configs(scale, root)
         if not {store.run_id(c) for c in cfgs} - seen:
             return done
+
+
+def scale_from(name: str, sets: Optional[Mapping[str, Any]] = None, device: Optional[str] = None):
+    """The scale ``name`` with ``sets`` applied: ``Scale`` fields (checked) and study parameters (any study's
+    ``params`` key, coerced from text); renamed ``<name>-<hash>`` if anything changed. One-line errors."""
+    if name not in SCALES:
+        raise P.ParameterError(f"unknown scale {name!r}; allowed: {', '.join(SCALES)}")
+    checks, over = P.field_checks(), {}
+    known = sorted({k for s in studies().values() for d in s.params.values() for k in d})
+    for k, v in P.mapping("set", dict(sets or {})).items():
+        if k in checks:
+            over[k] = checks[k](k, P.coerce(v))
+        elif k in known:
+            over[k] = P.coerce(v)
+        else:
+            raise P.ParameterError(f"unknown scale field or study parameter {k!r}; scale fields: "
+                                 f"{', '.join(sorted(checks))}; study parameters: {', '.join(known)}")
+    if "steps" in over and "eval_every" not in over:
+        over["eval_every"] = max(1, min(SCALES[name].eval_every, over["steps"] // 4 or 1))
+    if device is not None:
+        over["device"] = P.device("device", device)
+    return get_scale(name, **over)
