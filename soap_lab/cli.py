@@ -233,7 +233,12 @@ def _study(a, p) -> int:
             torch.set_num_threads(a.threads)
         for s in chosen:
             if s.measure is not None:
-                print(f"{s.name}: wrote {s.measure(sc, force=a.force)}")
+                try:
+                    print(f"{s.name}: wrote {s.measure(sc, force=a.force)}")
+                except ParameterError as e:  # a stored data set: --all goes on with the other studies
+                    if not a.all:
+                        raise
+                    print(f"{s.name}: skipped ({e})")
             elif a.dry_run:
                 for c in s.configs(sc, a.runs_root):
                     from .records import store

@@ -185,7 +185,7 @@ def draw_all(scales: Mapping[str, Scale], names: Optional[Sequence[str]] = None,
                     raise  # the figure cannot be right without that record: say which
                 except MissingResults:
                     sd = None
-                data[key] = sd if (sd is None or study.measure or len(sd.runs)) else None
+                data[key] = sd if (sd is None or study.grid is None or len(sd.runs)) else None
             paths = fn(data, Path(out) if out is not None else FIGURES_DIR)
         except (MissingResults, store.CorruptRecord) as e:
             print(f"skipped {name}: {e}", file=sys.stderr)

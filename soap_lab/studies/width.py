@@ -186,6 +186,6 @@ def draw(data: Mapping[str, Any], out, name: str = "width"):
         return style.save(fig, out, name)
 
 
-STUDY = Study(name="width", order=30, paper="Fig. 1 right, across widths (not in the paper)",
+STUDY = Study(name="width", order=25, paper="Fig. 1 right, across widths (not in the paper)",
               question="Does SOAP's smaller degradation with f appear as the model widens?",
               params=PARAMS, grid=grid, claims=claims, figures={"width": draw})
