@@ -20,8 +20,8 @@ order, the first f + 1 calls untimed, windows of f steps):
    members (``_refresh_members``; k = 1, B/2, B − 1): time / (k/B · whole) says whether refreshing just the
    members that need it gives the saving back; and the check alone (P·Q + staleness, subtraction and direct).
 3. **train** (``--train``) — ``soap_lab.train`` (the loop of ``throughput.py``): SOAP at f = 1 fixed vs adaptive
-   at each ``--tolerances`` τ: ms per step, optimizer ms per step, and refreshes per factor (from
-   ``refresh_stats()`` of the run's optimizer).
+   at each ``--tolerances`` τ: ms per step, optimizer ms per step, and refreshes per factor (from the run's own
+   record, ``summary["refresh"]``: ``soap_lab/train/refresh_log.py``).
 
 Outputs with ``--out``: ``refresh_<params>_f<f>[_tag].{json,md}`` (provenance as ``step_time.py``).
 """
