@@ -158,7 +158,7 @@ class EigenbasisOptimizer(LabOptimizer):
         self._workspace = Workspace()  # the step's work buffers (5 × the largest stack's M)
         self._refresh_workspace = Workspace()  # the refresh's scratch (2 × the largest stack's factor stack)
         self._check_workspace = Workspace()  # adaptive: P·Q of every factor of the stack being checked
-        self._refresh_stats = policies.RefreshStats()  # diagnostics (refresh_stats()); never part of state_dict
+        self._refresh_stats = policies.RefreshStats()  # diagnostics (refresh_stats()); counters in state_dict
         self._offsets: Dict[int, int] = {}  # staggered: the cost model's offset per id(p) (a cache)
         self._flops: Dict[tuple, List[float]] = {}  # per layout: estimated refresh FLOPs of each factor
         for group in self.param_groups:
@@ -445,6 +445,18 @@ class EigenbasisOptimizer(LabOptimizer):
             self._offsets = offsets
         return self._offsets[id(p)]
 
+    def state_dict(self) -> Dict[str, Any]:
+        """torch's, plus the refresh statistics' counters under ``"refresh_stats"`` (:mod:`.refresh`)."""
+        sd = super().state_dict()
+        sd["refresh_stats"] = self._refresh_stats.state_dict(self.param_groups)
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._refresh_stats = policies.RefreshStats()
+        if "refresh_stats" in state_dict:  # older checkpoints: the counters start at zero
+            self._refresh_stats.load_state_dict(state_dict["refresh_stats"], self.param_groups)
+
     def refresh_stats(self) -> Dict[str, Any]:
         """What the refresh policies did since this optimizer was built (:class:`.refresh.RefreshStats`):
 
@@ -454,7 +466,8 @@ class EigenbasisOptimizer(LabOptimizer):
         ``shape``, ``policy``) its ``factors``, each with ``dim``, ``size``, ``refreshes``, ``checks`` and the
         last / max / mean staleness of its checks; ``log``: the most recent checks (at most
         :data:`.refresh.LOG_MAX`) as (step, param index, dim, staleness, refreshed), ``log_dropped`` the older
-        ones. First bases (at the first call, or ``start_preconditioning_step``) are not counted as refreshes."""
+        ones. First bases (at the first call, or ``start_preconditioning_step``) are not counted as refreshes.
+        The counters survive ``state_dict``/``load_state_dict`` (a resumed run counts on); the log restarts."""
         return self._refresh_stats.summary(self.param_groups)
 
 
