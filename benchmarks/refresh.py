@@ -145,8 +145,7 @@ def stack_part(args, shapes: List[tuple], device: torch.device) -> Dict:
         opt.step()
     (s,) = [st for st in opt._stacks.values() if len(st) == B]
     states = [opt.state[p] for p in params]
-    cfg = opt.Config.from_group(opt.param_groups[0])
-    rule = opt.make_rule(cfg)
+    cfg, rule = opt._config(0, opt.param_groups[0])
     _, b1, b2, b3, b4 = opt._workspace.buffers(s.M, 5)
     bufs = (b1, b2, b3, b4)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -184,8 +183,8 @@ def stack_part(args, shapes: List[tuple], device: torch.device) -> Dict:
 
 @contextmanager
 def _captured_optimizers(into: List):
-    """``soap_lab.train`` builds its optimizer inside ``train()``: remember each one built (for refresh_stats)."""
-    import soap_lab.train as train_mod
+    """``soap_lab.train.loop`` builds its optimizer inside ``train()``: remember each one built (for refresh_stats)."""
+    import soap_lab.train.loop as train_mod
 
     build = train_mod.build_optimizer
 
@@ -203,7 +202,7 @@ def _captured_optimizers(into: List):
 
 def train_part(args) -> Dict:
     import throughput
-    from soap_lab.train_config import TrainConfig
+    from soap_lab.train.config import TrainConfig
 
     rows = []
     variants = [("fixed", {})] + [(f"adaptive_tau{tau:g}", dict(refresh_policy="adaptive", refresh_tolerance=tau))

@@ -30,7 +30,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .linalg import eigh_descending, orthonormalize, syrk_
+from .linalg import DEFAULT_ORTHO, eigh_descending, orthonormalize, syrk_
 
 Tensor = torch.Tensor
 Bases = List[Optional[Tensor]]
@@ -182,12 +182,11 @@ def update_factors_(GG: Bases, g: Tensor, beta: float, *, batched: bool = False)
 # ----------------------------------------------------------------------------------------------------------
 # Eigenbasis
 # ----------------------------------------------------------------------------------------------------------
-def init_bases(GG: Bases, *, eigenvalues: bool = False):
-    """First basis from a full eigendecomposition of each factor (reference: at the first call); with
-    ``eigenvalues``, also the eigenvalues (descending), as ``(Q, evals)``."""
+def init_bases(GG: Bases) -> Tuple[Bases, Bases]:
+    """First basis from a full eigendecomposition of each factor (reference: at the first call), and the
+    eigenvalues (descending): ``(Q, evals)``."""
     eig = [None if P is None else eigh_descending(P, return_eigenvalues=True) for P in GG]
-    Q = [None if e is None else e[1] for e in eig]
-    return (Q, [None if e is None else e[0] for e in eig]) if eigenvalues else Q
+    return [None if e is None else e[1] for e in eig], [None if e is None else e[0] for e in eig]
 
 
 def rotated_diagonal(q: Tensor, PQ: Tensor, work: Optional[Tensor] = None) -> Tensor:
@@ -198,7 +197,7 @@ def rotated_diagonal(q: Tensor, PQ: Tensor, work: Optional[Tensor] = None) -> Te
 
 
 def refresh_bases(
-    GG: Bases, Q: Bases, method: str = "qr", qr_method: str = "householder", *, follow: bool = True,
+    GG: Bases, Q: Bases, method: str = "qr", qr_method: str = DEFAULT_ORTHO, *, follow: bool = True,
     out: Optional[Bases] = None, work: Optional[Callable[[Tensor, int], List[Tensor]]] = None,
     pq: Optional[Sequence[Optional[Tensor]]] = None,
 ) -> Tuple[Bases, List[Optional[Tensor]], Bases]:

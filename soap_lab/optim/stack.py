@@ -83,20 +83,20 @@ class Stack:
         states: their state dicts.
         layout: their common :class:`soap_lab.optim.kron.KronLayout`.
         tensors: names of per-parameter tensor entries (layout-shaped or per-coordinate), stacked to
-            (batch, ...); default SOAP's ``"exp_avg"``, ``"exp_avg_sq"``.
+            (batch, ...): e.g. ``"exp_avg"``, SOAP's ``"exp_avg_sq"``.
         lists: names of per-parameter list entries with one optional tensor per layout dimension, stacked per
-            dimension: default ``"GG"``, ``"Q"``; also e.g. Shampoo's ``"D"``, Adafactor's ``"exp_avg_sq_factors"``.
+            dimension: e.g. ``"GG"``, ``"Q"``, Shampoo's ``"D"``, Adafactor's ``"exp_avg_sq_factors"``.
             An entry that is ``None`` as a whole (Shampoo's ``Q`` and ``D`` before preconditioning starts) stays
             ``None`` until :meth:`replace` sets it.
 
     Each state entry becomes a view of the stacked tensors (same names, same shapes), and :meth:`intact` is False
     as soon as any entry is no longer the view handed out. ``stacked[name]`` holds the stacked tensor, list or
-    None; ``M``, ``V``, ``GG`` and ``Q`` name ``exp_avg``, ``exp_avg_sq``, ``GG`` and ``Q`` (None if absent). A
+    None; ``M``, ``GG`` and ``Q`` name ``exp_avg``, ``GG`` and ``Q`` (None if absent). A
     refresh writes new bases into Q in place, so the views stay valid.
     """
 
-    def __init__(self, params: List[Tensor], states: List[dict], layout, *,
-                 tensors: Sequence[str] = ("exp_avg", "exp_avg_sq"), lists: Sequence[str] = ("GG", "Q")):
+    def __init__(self, params: List[Tensor], states: List[dict], layout, *, tensors: Sequence[str],
+                 lists: Sequence[str]):
         self.params = list(params)
         self.layout = layout
         self.tensor_names = tuple(tensors)
@@ -123,7 +123,6 @@ class Stack:
 
     # The names the methods below use.
     M = property(lambda self: self.stacked.get("exp_avg"))
-    V = property(lambda self: self.stacked.get("exp_avg_sq"))
     GG = property(lambda self: self.stacked.get("GG"))
     Q = property(lambda self: self.stacked.get("Q"))
 
