@@ -8,13 +8,13 @@ STAMP  := $(VENV)/.installed
 SCALE  ?= cpu
 DEVICE ?=
 
-.PHONY: setup test test-arith figures ablations data bench bench-zero bench-refresh clean help
+.PHONY: setup test test-arith figures ablations data bench bench-zero bench-refresh bench-compile clean help
 
 # The linear-algebra test modules: rerun by `make test-arith` under other MKL arithmetic (what another CPU does).
 ARITH_TESTS := tests/test_linalg.py tests/test_kron.py tests/test_second_moment.py tests/test_stack.py \
 	tests/test_engine.py tests/test_rules.py tests/test_base.py tests/test_soap.py tests/test_soap_reference.py \
 	tests/test_shampoo.py tests/test_adafactor.py tests/test_equivalence.py \
-	tests/test_zero.py tests/test_refresh.py
+	tests/test_zero.py tests/test_refresh.py tests/test_compile.py
 
 help:
 	@echo "make figures   regenerate figures/ from stored results under data/runs/"
@@ -25,6 +25,7 @@ help:
 	@echo "make bench     step-time benchmark, side by side in one process"
 	@echo "make bench-zero  SOAP under ZeRO-1 vs plain DDP, 2 processes x 1 thread (writes data/bench/zero_*)"
 	@echo "make bench-refresh  refresh policies: staggered vs fixed, the adaptive check, f=1 training (data/bench/refresh_*)"
+	@echo "make bench-compile  SOAP's step under torch.compile vs eager, small and gpt10m shapes (data/bench/compile_*)"
 
 setup: $(STAMP)
 
@@ -67,6 +68,11 @@ bench-zero: $(STAMP)
 bench-refresh: $(STAMP)
 	$(PY) benchmarks/refresh.py --params gpt10m --f 10 --train --out data/bench
 	$(PY) benchmarks/refresh.py --params gpt124m --f 10 --out data/bench
+
+# Run on an idle machine: the timings are the output (inductor compiles for minutes on 2 cores).
+bench-compile: $(STAMP)
+	$(PY) benchmarks/compile.py --params tiny2 --f 10 --out data/bench
+	$(PY) benchmarks/compile.py --params gpt10m --f 10 --out data/bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis notebooks/executed

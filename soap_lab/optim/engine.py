@@ -45,7 +45,7 @@ Tensor = torch.Tensor
 
 
 class StackKey(NamedTuple):
-    """Parameters with equal keys share a stack (the step count is kept apart: a stack is reused across steps)."""
+    """Parameters with equal keys and step counts share a stack (the key is reused across steps)."""
 
     group: int
     shape: Tuple[int, ...]
@@ -93,7 +93,10 @@ class EigenbasisOptimizer(PolicyRefreshes, LabOptimizer):
     ``EigenbasisOptimizer(params, config=None, *, rule=None, on_nonfinite="raise", **options)``: ``config`` or the
     options of ``Config`` as keywords; ``rule`` (any :class:`.rules.Rule`) is used for every group, else each group's
     config builds its own (``config.rule()``: SOAP's Adam for :class:`BasisConfig`). A subclass that sets
-    ``Config`` gets its constructor from it: the config's fields as keywords (:mod:`.config`)."""
+    ``Config`` gets its constructor from it: the config's fields as keywords (:mod:`.config`).
+
+    ``torch.compile(opt.step)`` (with ``on_nonfinite="ignore"``): an ordinary step is one graph, the refreshes run
+    outside it, and compiling stops after the first refresh step (docs/compile.md, tests/test_compile.py)."""
 
     Config = BasisConfig
 
@@ -185,7 +188,7 @@ class EigenbasisOptimizer(PolicyRefreshes, LabOptimizer):
     # -- the step ---------------------------------------------------------------------------------------
     def _update_all(self, items: List[Tuple[dict, Tensor, Tensor]]) -> None:
         index = {id(g): i for i, g in enumerate(self.param_groups)}
-        stacks: Dict[Tuple[StackKey, int], List[Tuple[Tensor, Tensor]]] = {}
+        stacks: Dict[StackKey, List[Tuple[Tensor, Tensor]]] = {}
         configs: Dict[int, Tuple[BasisConfig, Rule]] = {}
         for group, p, g in items:
             gi = index[id(group)]
@@ -199,19 +202,20 @@ class EigenbasisOptimizer(PolicyRefreshes, LabOptimizer):
                 state["refresh_offset"] = self._offset_of(p)
             key = StackKey(gi, layout.shape, layout.precond, state["exp_avg"].dtype, p.dtype, p.device,
                            self._nhwc(p, cfg), state["Q"] is not None, None if cfg.bucket else id(p))
-            stacks.setdefault((key, state["step"]), []).append((p, g))
+            stacks.setdefault(key, []).append((p, g))
         jobs = []
-        for (key, _), members in stacks.items():
+        for key, members in stacks.items():
             group = self.param_groups[key.group]
             cfg, rule = configs[key.group]
-            params = [p for p, _ in members]
-            states = [self.state[p] for p in params]
             layout = kron.KronLayout(key.shape, key.precond)
-            s = self._stacks.get(key, params, states, lambda: self._build(params, states, layout, rule))
-            t = states[0]["step"] + (0 if cfg.factor_update == "after" and s.Q is None else 1)
-            for st in states:
-                st["step"] = t
-            jobs.append(Job(s, states, cfg, rule, [g for _, g in members], group["lr"], t))
+            for part in self._by_step(key, members):
+                params = [p for p, _ in part]
+                states = [self.state[p] for p in params]
+                s = self._stacks.get(key, params, states, lambda: self._build(params, states, layout, rule))
+                t = states[0]["step"] + (0 if cfg.factor_update == "after" and s.Q is None else 1)
+                for st in states:  # one step count per stack, read off its first member (torch.compile: one symbol)
+                    st["step"] = t
+                jobs.append(Job(s, states, cfg, rule, [g for _, g in part], group["lr"], t))
         due = []  # Shampoo's ordering: the factors take G, then the refreshes due, then the step
         for job in jobs:
             if job.cfg.factor_update == "before" and job.s.layout.n_precond:
@@ -232,6 +236,21 @@ class EigenbasisOptimizer(PolicyRefreshes, LabOptimizer):
                     due.append((job, job.t))
         if due:
             self._refresh_all(due)
+
+    def _by_step(self, key: StackKey, members: List[Tuple[Tensor, Tensor]]) -> List[List[Tuple[Tensor, Tensor]]]:
+        """``members`` as stacks: one, if it is a stack already (its members were stepped together); else split by
+        step count (a parameter that had no gradient at some step is stepped apart from the others)."""
+        if self._stacks.find(key, [p for p, _ in members], [self.state[p] for p, _ in members]) is not None:
+            return [members]
+        parts: List[List[Tuple[Tensor, Tensor]]] = []
+        for p, g in members:
+            for part in parts:
+                if self.state[part[0][0]]["step"] == self.state[p]["step"]:
+                    part.append((p, g))
+                    break
+            else:
+                parts.append([(p, g)])
+        return parts
 
     @staticmethod
     def _due(cfg: BasisConfig, phase: int) -> bool:

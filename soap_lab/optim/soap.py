@@ -50,6 +50,6 @@ class SOAPConfig(BasisConfig):
 class SOAP(EigenbasisOptimizer):
     """SOAP (Vyas et al. 2024, Algorithm 3): Adam in the eigenbasis of Shampoo's factors. A drop-in for the
     reference ``soap.py``: the same positional keywords, in its order, with its defaults; the lab's options are
-    keyword-only."""
+    keyword-only. Compiles: ``torch.compile(opt.step)`` with ``on_nonfinite="ignore"`` (docs/compile.md)."""
 
     Config = SOAPConfig

@@ -34,10 +34,11 @@ class Workspace:
         self._views = {}  # (dtype, device, shape, count) -> views of the current flat tensor
 
     def buffers(self, like: Tensor, count: int = 3) -> List[Tensor]:
-        """``count`` disjoint tensors shaped like ``like`` (contents undefined)."""
+        """``count`` disjoint tensors shaped like ``like`` (contents undefined). Under ``torch.compile`` the views are
+        made in the graph from the one flat tensor (inputs aliasing each other confuse its backends)."""
         key = (like.dtype, like.device)
         views = self._views.get((*key, like.shape, count))
-        if views is not None:
+        if views is not None and not torch.compiler.is_compiling():
             return views
         n = like.numel()
         flat = self._flat.get(key)
@@ -46,7 +47,8 @@ class Workspace:
             self._flat[key] = flat
             self._views = {k: v for k, v in self._views.items() if k[:2] != key}  # views of the old tensor
         views = [flat[i * n:(i + 1) * n].view(like.shape) for i in range(count)]
-        self._views[(*key, like.shape, count)] = views
+        if not torch.compiler.is_compiling():
+            self._views[(*key, like.shape, count)] = views
         return views
 
     def aligned(self, likes: Sequence[Tensor]) -> List[Tensor]:
@@ -173,7 +175,7 @@ class Stack:
 
 class StackCache:
     """The optimizer's stacks, by key (everything that makes parameters stackable but the step count) and
-    members. A stack is reused while it holds exactly these parameters, in this order, and its views are
+    members (whose step counts are equal when the stack is built, and stay so: they are stepped together). A stack is reused while it holds exactly these parameters, in this order, and its views are
     intact (:meth:`Stack.intact`); otherwise it is rebuilt from the current state, and any stack a member
     belonged to before is dropped (a parameter belongs to one stack at a time). Never part of ``state_dict``.
 
@@ -190,17 +192,24 @@ class StackCache:
     def values(self):
         return self._stacks.values()
 
+    def find(self, key: tuple, params: List[Tensor], states: List[dict]) -> Optional[Stack]:
+        """The stack of ``params`` (with state dicts ``states``) under ``key``, if there is one and it is intact."""
+        stack = self._stacks.get(tuple(key) + tuple([id(p) for p in params]))
+        if stack is not None and all([a is b for a, b in zip(stack.params, params)]) and stack.intact(states):
+            return stack
+        return None
+
     def get(self, key: tuple, params: List[Tensor], states: List[dict], build: Callable[[], Stack]) -> Stack:
         """The stack of ``params`` (with state dicts ``states``) under ``key``; ``build()`` makes a new one."""
-        bkey = tuple(key) + tuple(id(p) for p in params)
-        stack = self._stacks.get(bkey)
-        if stack is not None and all(a is b for a, b in zip(stack.params, params)) and stack.intact(states):
+        stack = self.find(key, params, states)
+        if stack is not None:
             return stack
         for p in params:
             old = self._stack_of.pop(id(p), None)
             if old is not None:
                 self._stacks.pop(old, None)
         stack = build()
+        bkey = tuple(key) + tuple([id(p) for p in params])
         self._stacks[bkey] = stack
         for p in params:
             self._stack_of[id(p)] = bkey
