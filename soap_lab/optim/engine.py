@@ -208,10 +208,8 @@ class EigenbasisOptimizer(PolicyRefreshes, LabOptimizer):
             group = self.param_groups[key.group]
             cfg, rule = configs[key.group]
             layout = kron.KronLayout(key.shape, key.precond)
-            for part in self._by_step(key, members):
-                params = [p for p, _ in part]
-                states = [self.state[p] for p in params]
-                s = self._stacks.get(key, params, states, lambda: self._build(params, states, layout, rule))
+            for s, part in self._stacks_of(key, members, layout, rule):
+                states = [self.state[p] for p, _ in part]
                 t = states[0]["step"] + (0 if cfg.factor_update == "after" and s.Q is None else 1)
                 for st in states:  # one step count per stack, read off its first member (torch.compile: one symbol)
                     st["step"] = t
@@ -237,11 +235,13 @@ class EigenbasisOptimizer(PolicyRefreshes, LabOptimizer):
         if due:
             self._refresh_all(due)
 
-    def _by_step(self, key: StackKey, members: List[Tuple[Tensor, Tensor]]) -> List[List[Tuple[Tensor, Tensor]]]:
-        """``members`` as stacks: one, if it is a stack already (its members were stepped together); else split by
-        step count (a parameter that had no gradient at some step is stepped apart from the others)."""
-        if self._stacks.find(key, [p for p, _ in members], [self.state[p] for p, _ in members]) is not None:
-            return [members]
+    def _stacks_of(self, key: StackKey, members: List[Tuple[Tensor, Tensor]], layout: kron.KronLayout,
+                   rule: Rule) -> List[Tuple[Stack, List[Tuple[Tensor, Tensor]]]]:
+        """``members`` as stacks: one, if it is a stack already (its members were stepped together); else built, one
+        per step count (a parameter that had no gradient at some step is stepped apart from the others)."""
+        found = self._stacks.find(key, [p for p, _ in members], [self.state[p] for p, _ in members])
+        if found is not None:
+            return [(found, members)]
         parts: List[List[Tuple[Tensor, Tensor]]] = []
         for p, g in members:
             for part in parts:
@@ -250,7 +250,11 @@ class EigenbasisOptimizer(PolicyRefreshes, LabOptimizer):
                     break
             else:
                 parts.append([(p, g)])
-        return parts
+        out = []
+        for part in parts:
+            params, states = [p for p, _ in part], [self.state[p] for p, _ in part]
+            out.append((self._stacks.get(key, params, states, lambda: self._build(params, states, layout, rule)), part))
+        return out
 
     @staticmethod
     def _due(cfg: BasisConfig, phase: int) -> bool:
