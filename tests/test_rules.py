@@ -22,8 +22,8 @@ def _state(rule, shape=(4, 3), n=2):
     """A stack's state as a rule sees it: its entries (from its init) stacked, and the engine's."""
     layout = KronLayout(shape, (True,) * len(shape))
     entries = rule.init(layout, dtype=F64, device=torch.device("cpu"))
-    state = {k: torch.stack([v] * n) if isinstance(v, torch.Tensor) else [None if x is None else torch.stack([x] * n)
-                                                                          for x in v] for k, v in entries.items()}
+    stack = lambda x: None if x is None else torch.stack([x] * n)  # noqa: E731
+    state = {k: stack(v) if isinstance(v, torch.Tensor) else [stack(x) for x in v] for k, v in entries.items()}
     return {**state, "exp_avg": torch.zeros(n, *shape, dtype=F64), "GG": [None] * len(shape), "Q": None}
 
 

@@ -38,8 +38,9 @@ class AdafactorConfig(BasisConfig):
 
     max_precond_dim: int = 0
     factor_update: str = "before"
-    clip_threshold: Optional[float] = option(None, "if set, the update is divided by max(1, RMS(update)/clip_threshold) "
-                                             "per layer (Adafactor's update clipping; off in the paper)")
+    clip_threshold: Optional[float] = option(None, "if set, the update is divided by max(1, RMS(update)/"
+                                             "clip_threshold) per layer (Adafactor's update clipping; off in the "
+                                             "paper)")
     statistics: str = option("running", "Adafactor's row/column EMAs of the rotated gradients, accumulated across "
                              'bases (the practical algorithm), or "factors": the statistics of all past gradients '
                              "rotated into the current basis, diag(Q_Lᵀ L Q_L), diag(Q_Rᵀ R Q_R) and Tr L, Claim 1's "

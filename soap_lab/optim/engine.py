@@ -38,7 +38,8 @@ from . import refresh as policies
 from .base import LabOptimizer
 from .partial import PolicyRefreshes
 from .config import DATA_FORMATS, FACTOR_UPDATES, MOMENTUM_SPACES, REFRESH_METHODS, BasisConfig  # noqa: F401
-from .rules import ENGINE_KEYS, Rule, Step, permute_state_, per_layer
+from .kron import permute_state_
+from .rules import ENGINE_KEYS, Rule, Step, per_layer
 from .stack import Stack, StackCache, Workspace
 
 Tensor = torch.Tensor
@@ -178,8 +179,9 @@ class EigenbasisOptimizer(PolicyRefreshes, LabOptimizer):
                 new = rule.init(layout, dtype=st["exp_avg"].dtype, device=st["exp_avg"].device)
                 st.update({k: v for k, v in new.items() if st.get(k) is None})
         names = [k for k in states[0] if k not in ENGINE_KEYS]
-        return Stack(params, states, layout, tensors=["exp_avg"] + [k for k in names if isinstance(states[0][k], Tensor)],
-                     lists=["GG", "Q"] + [k for k in names if not isinstance(states[0][k], Tensor)])
+        tensors = [k for k in names if isinstance(states[0][k], Tensor)]
+        return Stack(params, states, layout, tensors=["exp_avg"] + tensors,
+                     lists=["GG", "Q"] + [k for k in names if k not in tensors])
 
     @staticmethod
     def _rule_names(s: Stack) -> List[str]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,8 +36,8 @@ Tensor = torch.Tensor
 Bases = List[Optional[Tensor]]
 
 __all__ = ["KronLayout", "make_layout", "merged_shape", "MERGE_WARN_DIM", "state_dtype_for", "init_factors",
-           "update_factors_", "init_bases", "refresh_bases", "rotated_diagonal", "permute_", "project",
-           "project_back"]
+           "update_factors_", "init_bases", "refresh_bases", "rotated_diagonal", "permute_", "permute_state_",
+           "project", "project_back"]
 
 
 def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
@@ -272,6 +272,21 @@ def permute_(x: Tensor, perms: Sequence[Optional[Tensor]], work: Optional[Tensor
     if y is not x:
         x.copy_(y)
     return x
+
+
+def permute_state_(state: Dict[str, Any], names: Sequence[str], perms: Sequence[Optional[Tensor]],
+                   work: Optional[Tensor] = None) -> None:
+    """A rule's per-coordinate state after a refresh sorted the basis slots by ``perms`` ((batch, n_d) per
+    dimension): tensors are permuted along every dimension (``work``, shaped like them, is scratch), lists of
+    per-dimension vectors along their own."""
+    for name in names:
+        x = state.get(name)
+        if isinstance(x, Tensor):
+            permute_(x, perms, work=work)
+        elif x is not None:
+            for r, order in zip(x, perms):
+                if r is not None and order is not None:
+                    r.copy_(r.gather(-1, order))
 
 
 # ----------------------------------------------------------------------------------------------------------

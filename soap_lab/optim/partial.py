@@ -11,7 +11,7 @@ import torch
 
 from . import cost, kron
 from . import refresh as policies
-from .rules import permute_state_
+from .kron import permute_state_
 from .stack import Stack
 
 Tensor = torch.Tensor

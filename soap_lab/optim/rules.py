@@ -135,21 +135,6 @@ class Rule:
         rows only (in that order); the other members keep what they had."""
 
 
-def permute_state_(state: Dict[str, Any], names: Sequence[str], perms: Sequence[Optional[Tensor]],
-                   work: Optional[Tensor] = None) -> None:
-    """A rule's per-coordinate state after a refresh sorted the basis slots by ``perms`` ((batch, n_d) per
-    dimension): tensors are permuted along every dimension (``work``, shaped like them, is scratch), lists of
-    per-dimension vectors along their own."""
-    for name in names:
-        x = state.get(name)
-        if isinstance(x, Tensor):
-            kron.permute_(x, perms, work=work)
-        elif x is not None:
-            for r, order in zip(x, perms):
-                if r is not None and order is not None:
-                    r.copy_(r.gather(-1, order))
-
-
 class Adam(Rule):
     """Adam's second moment V in the basis (SOAP). ``eps``: its own ε instead of the config's (grafting)."""
 
@@ -260,7 +245,7 @@ class ShampooRoots(Rule):
             return adam
         bc1, _ = bias_corrections(step.cfg, step.t)
         n_rot = torch.mul(step.m, self.scale(step), out=step.scratch()).div_(bc1)
-        if self.grafting == "adam":  # per layer (norms over each layer, not the stack); Q is orthogonal: ‖N‖ = ‖N'‖
+        if self.grafting == "adam":  # per layer (not over the stack); Q is orthogonal: ‖N‖ = ‖N'‖
             dims = per_layer(n_rot)
             norm = torch.linalg.vector_norm(n_rot, dim=dims, keepdim=True).clamp_min(torch.finfo(n_rot.dtype).tiny)
             n_rot.mul_(torch.linalg.vector_norm(adam, dim=dims, keepdim=True) / norm)

@@ -175,8 +175,8 @@ class Stack:
 
 class StackCache:
     """The optimizer's stacks, by key (everything that makes parameters stackable but the step count) and
-    members (whose step counts are equal when the stack is built, and stay so: they are stepped together). A stack is reused while it holds exactly these parameters, in this order, and its views are
-    intact (:meth:`Stack.intact`); otherwise it is rebuilt from the current state, and any stack a member
+    members (whose step counts are equal when the stack is built, and stay so: they are stepped together). A stack
+    is reused while it holds exactly these parameters, in this order, and its views are intact (:meth:`Stack.intact`); otherwise it is rebuilt from the current state, and any stack a member
     belonged to before is dropped (a parameter belongs to one stack at a time). Never part of ``state_dict``.
 
     Behaves like the ``dict`` of stacks it wraps for ``len``, truth value and :meth:`values`.
