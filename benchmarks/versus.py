@@ -89,7 +89,7 @@ def run(args) -> Dict:
     rows = []
     for name in args.optimizers:
         cur, base = means[(name, "current")], means[(name, "baseline")]
-        diff = max(float((a - b).norm() / b.norm().clamp_min(1e-30))
+        diff = max(float((a.detach() - b.detach()).norm() / b.detach().norm().clamp_min(1e-30))
                    for a, b in zip(params[(name, "current")], params[(name, "baseline")]))
         rows.append({
             "optimizer": name,
