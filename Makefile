@@ -10,13 +10,13 @@ DEVICE ?=
 # A Python >= 3.12 with torch and emerging-optimizers==0.3.0, for NVIDIA's column of `make conformance` (optional).
 PY312  ?= $(CONFORMANCE_PY312)
 
-.PHONY: setup test test-arith test-figures figures results ablations data bench bench-zero bench-refresh conformance conformance-train clean help
+.PHONY: setup test test-arith test-figures figures results ablations data bench bench-zero bench-refresh bench-compile conformance conformance-train clean help
 
 # The linear-algebra test modules: rerun by `make test-arith` under other MKL arithmetic (what another CPU does).
 ARITH_TESTS := tests/test_linalg.py tests/test_kron.py tests/test_second_moment.py tests/test_stack.py \
 	tests/test_engine.py tests/test_rules.py tests/test_base.py tests/test_soap.py tests/test_soap_reference.py \
 	tests/test_shampoo.py tests/test_adafactor.py tests/test_equivalence.py \
-	tests/test_zero.py tests/test_refresh.py tests/test_conformance.py
+	tests/test_zero.py tests/test_refresh.py tests/test_conformance.py tests/test_compile.py
 # Another x86 CPU's arithmetic for `make test-figures`: MKL's compatible code path, OpenBLAS's generic SSE3 kernels
 # and numpy without its AVX2/AVX-512 loops (what an older or a different CPU computes with).
 OTHER_CPU := MKL_CBWR=COMPATIBLE OPENBLAS_CORETYPE=Prescott NPY_DISABLE_CPU_FEATURES=X86_V3,X86_V4,AVX512_ICL,AVX512_SPR
@@ -34,6 +34,7 @@ help:
 	@echo "make bench-refresh  refresh policies: staggered vs fixed, the adaptive check, f=1 training (data/bench/refresh_*)"
 	@echo "make conformance [PY312=python3.12]  public SOAPs vs the reference: data/conformance/probes.json, docs/conformance.md"
 	@echo "make conformance-train [PY312=...]  1000 steps of cpu_freq (seed 0) per implementation (data/conformance/train_*.json)"
+	@echo "make bench-compile  SOAP's step under torch.compile vs eager, small and gpt10m shapes (data/bench/compile_*)"
 
 setup: $(STAMP)
 
@@ -95,6 +96,11 @@ conformance: $(STAMP)
 
 conformance-train: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/conformance.py --train $(if $(PY312),--py312 $(PY312),)
+
+# Run on an idle machine: the timings are the output (inductor compiles for minutes on 2 cores).
+bench-compile: $(STAMP)
+	$(PY) benchmarks/compile.py --params tiny2 --f 10 --out data/bench
+	$(PY) benchmarks/compile.py --params gpt10m --f 10 --out data/bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis notebooks/executed

@@ -144,8 +144,7 @@ def stack_part(args, shapes: List[tuple], device: torch.device) -> Dict:
         opt.step()
     (s,) = [st for st in opt._stacks.values() if len(st) == B]
     states = [opt.state[p] for p in params]
-    cfg = opt.Config.from_group(opt.param_groups[0])
-    rule = opt.make_rule(cfg)
+    cfg, rule = opt._config(0, opt.param_groups[0])
     _, b1, b2, b3, b4 = opt._workspace.buffers(s.M, 5)
     bufs = (b1, b2, b3, b4)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)

@@ -91,6 +91,19 @@ def test_nonfinite_gradient_can_skip_the_step(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_gradient_is_not_checked_with_ignore(name):
+    """on_nonfinite="ignore" (for torch.compile): no check, no host sync; a NaN goes into the step as in torch's
+    optimizers."""
+    params = _params()
+    opt = OPTIMIZERS[name](params, on_nonfinite="ignore")
+    _feed(params, opt, 2)
+    for p in params:
+        p.grad = torch.full_like(p, float("nan"))
+    opt.step()
+    assert opt.skipped_steps == 0 and all(torch.isnan(p).any() for p in params)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_zero_gradients_never_crash(name):
     params = _params()
     opt = OPTIMIZERS[name](params)
@@ -192,7 +205,7 @@ def test_invalid_hyperparameters_are_rejected():
     with pytest.raises(ValueError, match="precondition_frequency"):
         SOAP(p, precondition_frequency=0)
     with pytest.raises(ValueError, match="on_nonfinite"):
-        SOAP(p, on_nonfinite="ignore")
+        SOAP(p, on_nonfinite="warn")
 
 
 def test_foreach_elementwise_path_equals_plain_path_bit_for_bit():

@@ -159,3 +159,16 @@ def test_refresh_benchmark_quick_mode_runs_every_part(tmp_path, capsys):
     assert {"git_commit", "torch", "cpu"} <= set(res["provenance"])
     md = (tmp_path / "refresh_tiny2_f2.md").read_text()
     assert "| staggered |" in md and "members refreshed" in md and "Training loop" in md and "Provenance" in md
+
+
+def test_compile_benchmark_quick_mode_compares_compiled_with_eager(tmp_path, capsys):
+    """benchmarks/compile.py --quick (eager backend: dynamo's capture without code generation, seconds)."""
+    bench = _load("compile")
+    assert bench.main(["--quick", "--backend", "eager", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "compile_tiny_f2.json").read_text())
+    assert set(res["rows"]) == {"eager", "compiled"} and res["backend"] == "eager"
+    assert all(r["ms_per_step"] > 0 and r["ms_ordinary"] > 0 and r["ms_refresh"] > 0 for r in res["rows"].values())
+    assert res["ratio"] > 0 and res["compile_s"] > 0 and res["frames_compiled"] > 0
+    assert res["max_rel_param_diff"] < 1e-4  # the same algorithm (float32 round-off apart)
+    assert "compiled / eager" in (tmp_path / "compile_tiny_f2.md").read_text() and "Provenance" in capsys.readouterr().out
+

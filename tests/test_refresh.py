@@ -563,6 +563,44 @@ def test_refresh_stats_name_parameters_bound_the_log_and_count_flops(monkeypatch
         assert f["checks"] == 5 and 0 <= f["mean_staleness"] <= f["max_staleness"] <= 1
 
 
+RESUME_POLICIES = {"fixed": {}, "staggered": dict(refresh_policy="staggered"),
+                   "adaptive": dict(refresh_policy="adaptive", refresh_tolerance=0.05)}
+
+
+@pytest.mark.parametrize("policy", RESUME_POLICIES.values(), ids=RESUME_POLICIES.keys())
+@pytest.mark.parametrize("name", CLASSES)
+def test_refresh_stats_survive_a_resume(name, policy):
+    """The counters after 6 calls equal those after 3 calls, a state_dict, a fresh optimizer that loads it, and 3
+    more; the log restarts (its entries before the resume are counted as dropped). Without the key (an older
+    checkpoint) the counters start at zero."""
+    init = init_values(SHAPES, seed=1, dtype=torch.float32)
+    grads = open_loop_grads(SHAPES, 6, seed=2, dtype=torch.float32)
+    start = dict(start_preconditioning_step=1) if name == "shampoo" else {}  # a refresh in the first half too
+    make = lambda ps: CLASSES[name](ps, lr=1e-2, precondition_frequency=2, max_precond_dim=MAX_DIM,  # noqa: E731
+                                    **start, **policy)
+    full, opt = run(make, init, grads)
+    half, first = run(make, init, grads[:3])
+    saved = copy.deepcopy(first.state_dict())
+    params = [torch.nn.Parameter(p.detach().clone()) for p in half]
+    resumed = make(params)
+    resumed.load_state_dict(saved)
+    _feed(params, resumed, grads[3:])
+    assert all(torch.equal(a, b) for a, b in zip(full, params))
+    a, b = opt.refresh_stats(), resumed.refresh_stats()
+    assert a["refreshes"] > 0 and (a["checks"] > 0) is (policy.get("refresh_policy") == "adaptive")
+    assert first.refresh_stats()["refreshes"] > 0
+    drop = ("log", "log_dropped")
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    before = [r for r in a["log"] if r[0] <= first.state[half[0]]["step"]]
+    assert b["log"] == a["log"][len(before):] and b["log_dropped"] == len(before)
+    old = copy.deepcopy(saved)
+    del old["refresh_stats"]
+    fresh = make([torch.nn.Parameter(p.detach().clone()) for p in half])
+    fresh.load_state_dict(old)
+    s = fresh.refresh_stats()
+    assert (s["refreshes"], s["checks"], s["params"], s["refresh_flops"]) == (0, 0, [], 0.0)
+
+
 @pytest.mark.parametrize("cls,shape,kw", [(SOAP, (96, 40), {}), (SOAP, (96, 40), dict(refresh="eigh")),
                                           (Shampoo, (64, 32), {}), (EigenAdafactor, (64, 32), {})])
 def test_per_factor_refresh_flops_add_up_to_the_step_cost_model(cls, shape, kw):

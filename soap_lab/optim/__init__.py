@@ -15,6 +15,11 @@ from typing import Any, Dict, Iterable, Tuple
 
 import torch
 
+from .adafactor import Adafactor, EigenAdafactor
+from .muon import MuonAdamW
+from .shampoo import Shampoo
+from .soap import SOAP
+
 OPTIMIZERS = (
     "adamw",
     "adafactor",
@@ -29,13 +34,8 @@ OPTIMIZERS = (
 
 
 def _registry() -> Dict[str, Tuple[type, Dict[str, Any]]]:
-    """name -> (optimizer class, keywords that define the variant)."""
-    # Imported lazily so that `soap_lab.optim` stays importable while modules are added.
-    from .adafactor import Adafactor, EigenAdafactor
-    from .muon import MuonAdamW
-    from .shampoo import Shampoo
-    from .soap import SOAP
-
+    """name -> (optimizer class, keywords that define the variant). The eigenbasis optimizers' keywords are their
+    config dataclasses' fields (:mod:`.config`), read here off the constructors' signatures."""
     return {
         "adamw": (torch.optim.AdamW, {}),
         "adafactor": (Adafactor, {}),

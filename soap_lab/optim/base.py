@@ -2,7 +2,9 @@
 
 - Sparse or complex gradients raise ``ValueError`` naming the parameter.
 - NaN/Inf gradients raise ``FloatingPointError`` naming the parameter and step, *before* any state is touched
-  (``on_nonfinite="skip"`` skips the whole step instead and counts it in ``optimizer.skipped_steps``).
+  (``on_nonfinite="skip"`` skips the whole step instead and counts it in ``optimizer.skipped_steps``). Both read
+  one flag on the host per step (a GPU sync; a graph break under ``torch.compile``); ``on_nonfinite="ignore"``
+  checks nothing (as torch's optimizers: a NaN propagates into the state), for compiled steps and CUDA graphs.
 - bf16/fp16 parameters: state and linear algebra in float32 (:func:`soap_lab.optim.kron.state_dtype_for`), the
   update computed in float32 and rounded once into the parameter.
 - ``load_state_dict`` keeps the saved state's dtypes (torch's default would cast float32 state down to a bf16
@@ -17,7 +19,7 @@ import torch
 
 Tensor = torch.Tensor
 
-NONFINITE_POLICIES = ("raise", "skip")
+NONFINITE_POLICIES = ("raise", "skip", "ignore")
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -60,8 +62,8 @@ class LabOptimizer(torch.optim.Optimizer):
                 if torch.is_complex(g) or torch.is_complex(p):
                     raise ValueError(f"{type(self).__name__} does not support complex parameters: {self._param_name(gi, pi, p)}")
                 items.append((gi, pi, group, p, g))
-        if not items:
-            return []
+        if not items or self.on_nonfinite == "ignore":
+            return [(group, p, g) for _, _, group, p, g in items]
         finite = self._finite_flags([g for *_, g in items])
         if not bool(finite.all()):
             if self.on_nonfinite == "skip":

@@ -5,16 +5,17 @@ ends with a broadcast of the updated parameters, so a step takes as long as the 
 SOAP step on an m×n matrix costs ≈ 6·m·n·(m+n) matmul FLOPs (rotate the gradient in, the update back, update
 both factors), plus a refresh every f steps (O(m³ + n³) plus the momentum's rotation): far from
 proportional to the parameter count that torch's default partition balances. Here a step's cost is
-estimated per parameter from its shape and the optimizer's layout rules (:func:`soap_lab.optim.kron.make_layout`),
-in units of matmul FLOPs:
+estimated per parameter from its shape and the optimizer's config (:func:`config_of`; :mod:`.config`): its layout
+options (:func:`soap_lab.optim.kron.make_layout`), ``precondition_frequency``, ``refresh``, ``momentum_space``,
+``statistics`` and whether its rule keeps state in the basis (``rule().follows_basis``), in matmul FLOPs:
 
-    SOAP             step 6·N·s per rotated dimension of size s (N entries), (+4·N·s with momentum_space
-                     "original"); refresh every f steps: P·Q 2s³ + orthonormalization QR·s³ (or EIGH·s³
-                     with refresh="eigh"), and the momentum's rotation into the new basis 4·N·s
-    Shampoo          step 6·N·s; refresh every f steps: eigh of each factor, EIGH·s³
-    EigenAdafactor   step 6·N·s (+ 2·s³ for statistics="factors"); refresh as SOAP (eigh by default)
-    anything else    elementwise only (AdamW, Adafactor, 1-D parameters of every optimizer)
-    every optimizer  + ELEMENTWISE·N per step for the elementwise passes
+    state in the basis   step 6·N·s per rotated dimension of size s (N entries), (+4·N·s with momentum_space
+    (SOAP, EigenAda.)    "original"; + 2·s³ with statistics="factors"); refresh every f steps: P·Q 2s³ +
+                         orthonormalization QR·s³ (refresh="qr") or EIGH·s³ ("eigh"), and the momentum's
+                         rotation into the new basis 4·N·s
+    none (Shampoo)       step 6·N·s; refresh every f steps: eigh of each factor, EIGH·s³
+    no config, no basis  elementwise only (AdamW, Muon, Adafactor, 1-D parameters of every optimizer)
+    every optimizer      + ELEMENTWISE·N per step for the elementwise passes
 
 The weights ``EIGH``, ``QR`` and ``ELEMENTWISE`` convert what is not a large matmul into matmul FLOPs; they were
 measured on the lab's CPU with one thread (torch 2.13, against a 1024³ float32 matmul at 53 GFLOP/s): eigh
@@ -30,6 +31,7 @@ wins over one that splits them when their estimated times are within 0.5%.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from . import kron
 __all__ = [
     "CostWeights",
     "StepCost",
+    "config_of",
     "step_cost",
     "resolved_hparams",
     "balanced_partition",
@@ -92,41 +95,43 @@ def resolved_hparams(optimizer_class: type, hparams: Mapping[str, Any]) -> Dict[
     return out
 
 
-def _class_name(optimizer_class: type) -> str:
-    return next((c.__name__ for c in optimizer_class.__mro__ if c.__name__ in ("SOAP", "Shampoo", "EigenAdafactor")),
-                optimizer_class.__name__)
+def config_of(optimizer_class: type, hparams: Mapping[str, Any]) -> Optional[Any]:
+    """The config (:mod:`.config`) ``optimizer_class`` builds from ``hparams`` (entries that are not its fields are
+    ignored; its defaults fill the rest), or None for an optimizer without one (AdamW, Muon: elementwise)."""
+    Config = getattr(optimizer_class, "Config", None)
+    if Config is None:
+        return None
+    names = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in hparams.items() if k in names})
 
 
 def step_cost(optimizer_class: type, shape: Sequence[int], hparams: Optional[Mapping[str, Any]] = None,
               weights: CostWeights = CostWeights()) -> StepCost:
     """Estimated cost of one step of ``optimizer_class`` (with keywords ``hparams``; its defaults fill the rest)
-    on a parameter of ``shape``, in matmul FLOPs (see the module docstring for the model)."""
-    hp = resolved_hparams(optimizer_class, hparams or {})
+    on a parameter of ``shape``, in matmul FLOPs (see the module docstring for the model). Read off the optimizer's
+    config: its layout options, ``precondition_frequency``, ``refresh``, ``momentum_space``, ``statistics``, and
+    whether its rule keeps state in the basis (``config.rule().follows_basis``: SOAP's and EigenAdafactor's do,
+    so a refresh sorts and carries; Shampoo's does not, and its step rotates the momentum, not the gradient)."""
     n = math.prod(int(s) for s in shape) if len(shape) else 1
     elementwise = weights.elementwise * n
-    kind = _class_name(optimizer_class)
-    if kind not in ("SOAP", "Shampoo", "EigenAdafactor"):
+    cfg = config_of(optimizer_class, hparams or {})
+    if cfg is None:
         return StepCost(elementwise)
-    layout = kron.make_layout(
-        shape, max_precond_dim=int(hp.get("max_precond_dim", 10000)), merge_dims=bool(hp.get("merge_dims", False)),
-        precondition_1d=bool(hp.get("precondition_1d", False)), one_sided=bool(hp.get("one_sided", False)),
-    )
+    layout = kron.make_layout(shape, max_precond_dim=cfg.max_precond_dim, merge_dims=cfg.merge_dims,
+                              precondition_1d=cfg.precondition_1d, one_sided=cfg.one_sided)
     sizes = [s for s, p in zip(layout.shape, layout.precond) if p]
     if not sizes:  # no rotation: the optimizer's diagonal rule
         return StepCost(elementwise)
-    every = max(1, int(hp.get("precondition_frequency", 10)))
+    follows = cfg.rule().follows_basis
     rotate = sum(2.0 * n * s for s in sizes)  # one rotation of an N-entry tensor along every rotated dimension
     cube = sum(float(s) ** 3 for s in sizes)
-    if kind == "Shampoo":
-        return StepCost(elementwise + 3 * rotate, weights.eigh * cube, every)
     step = elementwise + 3 * rotate  # rotate in, rotate back, factor update
-    if kind == "SOAP" and hp.get("momentum_space", "eigenbasis") == "original":
+    if follows and cfg.momentum_space == "original":
         step += 2 * rotate
-    if kind == "EigenAdafactor" and hp.get("statistics", "running") == "factors":
+    if getattr(cfg, "statistics", "running") == "factors":
         step += 2.0 * cube
-    method = hp.get("refresh", "qr" if kind == "SOAP" else "eigh")
-    refresh = 2.0 * cube + (weights.qr if method == "qr" else weights.eigh) * cube + 2 * rotate
-    return StepCost(step, refresh, every)
+    refresh = sum(factor_refresh_flops(s, n, cfg.refresh, follows, weights) for s in sizes)
+    return StepCost(step, refresh, cfg.precondition_frequency)
 
 
 def factor_refresh_flops(size: int, numel: int, method: str, carry: bool = True,

@@ -15,122 +15,38 @@ gradients G in the layout's shape (:mod:`.kron` has each line's function):
     when (refresh_policy): fixed as above; staggered / adaptive per factor (:mod:`.refresh`)  _scheduled_refresh
 
 Everything here is written once: the three optimizers (and Adafactor, whose basis is the identity) are this
-class with a :class:`.rules.Rule` and a typed config (:class:`BasisConfig` and the optimizer's subclass).
+class with a typed config (:mod:`.config`) that builds a :class:`.rules.Rule`; any rule can be passed in
+(``EigenbasisOptimizer(params, rule=MyRule(), lr=...)``).
+
+Order within a step: every stack in Shampoo's ordering updates its factors first; the refreshes then due run;
+then every stack steps (and, in SOAP's ordering, updates its factors); the refreshes then due run. A refresh
+touches only its own stack, so this is each stack's order of Algorithms 2-4. The refreshes (eigh, QR with
+checks, the adaptive policy's decisions: host-side) run in :meth:`EigenbasisOptimizer._refresh_all`, outside any
+loop and outside ``torch.compile``'s graphs (:func:`torch.compiler.disable`): a compiled ``step()`` is one graph
+at ordinary steps (docs/compile.md).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from . import cost, kron
+from . import config as options, cost, kron
 from . import refresh as policies
 from .base import LabOptimizer
-from .linalg import ORTHO_METHODS
+from .partial import PolicyRefreshes
+from .config import DATA_FORMATS, FACTOR_UPDATES, MOMENTUM_SPACES, REFRESH_METHODS, BasisConfig  # noqa: F401
+from .kron import permute_state_
+from .rules import ENGINE_KEYS, Rule, Step, per_layer
 from .stack import Stack, StackCache, Workspace
 
 Tensor = torch.Tensor
 
-REFRESH_METHODS = ("qr", "eigh")
-MOMENTUM_SPACES = ("eigenbasis", "original")
-FACTOR_UPDATES = ("after", "before")
-DATA_FORMATS = ("channels_first", "channels_last")
-
-
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class BasisConfig:
-    """Options of the eigenbasis machinery, shared by every optimizer (validated on construction).
-
-    Attributes:
-        lr (3e-3): learning rate η.
-        betas ((0.95, 0.95)): (β1 momentum, β2 second moment).
-        eps: the rule's ε (default set by each optimizer).
-        weight_decay: decoupled, applied after the update (default set by each optimizer).
-        correct_bias (True): Adam-style bias corrections 1−β1^t, 1−β2^t.
-        precondition_frequency (10): f; the basis is refreshed every f steps.
-        shampoo_beta (-1): EMA rate of the factors; negative means β2.
-        max_precond_dim (10000): dimensions larger than this stay in the identity basis.
-        merge_dims (False): merge small dimensions of nD tensors (:func:`.kron.merged_shape`).
-        precondition_1d (False): rotate 1-D parameters too.
-        one_sided (False): rotate only the smallest side of each tensor (paper §7).
-        data_format ("channels_first"): "channels_last" for NHWC conv weights (matters with ``merge_dims``).
-        refresh ("qr"): one power iteration + QR (Algorithm 4) or a full "eigh" (Fig. 7 right).
-        qr_method ("cholesky"): the QR of a refresh (:func:`.linalg.orthonormalize`) or "householder".
-        factor_update ("after"): SOAP's ordering (the gradient enters the factors after the step; the first
-            call only builds GG and Q) or "before" (Shampoo's: factors first, Q at steps start, start+f, …).
-        start_preconditioning_step (1): with ``factor_update="before"``, the first step in a basis.
-        momentum_space ("eigenbasis"): M kept in the basis and carried at a refresh, or in the "original"
-            space and rotated every step (the paper's form; same algorithm).
-        bucket (True): stack same-layout parameters (False: a stack of one each; same numbers up to round-off).
-        refresh_policy ("fixed"): when each factor's basis is refreshed (:mod:`.refresh`): "fixed", the paper's
-            every f steps (today's behaviour, bit for bit); "staggered", every f steps per parameter but at its
-            own offset; "adaptive", checked every f steps and refreshed only where its relative off-diagonal
-            mass ‖QᵀPQ − diag‖_F/‖QᵀPQ‖_F is not below ``refresh_tolerance`` (Purifying Shampoo's criterion).
-        refresh_tolerance (0.0): τ of "adaptive" (≥ 0; 0 refreshes at every check, > 1 never after the first
-            basis); must stay 0 with the other policies.
-        refresh_offsets (None): "staggered" only: one offset in [0, f) per parameter of the group (in group
-            order), or None for offsets from the cost model (:func:`.refresh.assign_offsets`).
-    """
-
-    lr: float = 3e-3
-    betas: Tuple[float, float] = (0.95, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    correct_bias: bool = True
-    precondition_frequency: int = 10
-    shampoo_beta: float = -1
-    max_precond_dim: int = 10000
-    merge_dims: bool = False
-    precondition_1d: bool = False
-    one_sided: bool = False
-    data_format: str = "channels_first"
-    refresh: str = "qr"
-    qr_method: str = "cholesky"
-    factor_update: str = "after"
-    start_preconditioning_step: int = 1
-    momentum_space: str = "eigenbasis"
-    bucket: bool = True
-    refresh_policy: str = "fixed"
-    refresh_tolerance: float = 0.0
-    refresh_offsets: Optional[Tuple[int, ...]] = None
-
-    def __post_init__(self):
-        lr = self.lr
-        _check(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0, "lr (the learning rate)", lr,
-               "a float ≥ 0")
-        _check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "betas", self.betas,
-               "two numbers in [0, 1)")
-        _check(self.eps >= 0, "eps", self.eps, "≥ 0")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "≥ 0")
-        f = self.precondition_frequency
-        _check(isinstance(f, int) and f >= 1, "precondition_frequency", f, "an integer ≥ 1")
-        _check(self.refresh in REFRESH_METHODS, "refresh", self.refresh, f"one of {REFRESH_METHODS}")
-        _check(self.qr_method in ORTHO_METHODS, "qr_method", self.qr_method, f"one of {ORTHO_METHODS}")
-        _check(self.factor_update in FACTOR_UPDATES, "factor_update", self.factor_update, f"one of {FACTOR_UPDATES}")
-        _check(self.momentum_space in MOMENTUM_SPACES, "momentum_space", self.momentum_space,
-               f"one of {MOMENTUM_SPACES}")
-        _check(self.data_format in DATA_FORMATS, "data_format", self.data_format, f"one of {DATA_FORMATS}")
-        policies.validate(self)
-
-    @property
-    def factor_beta(self) -> float:
-        return self.shampoo_beta if self.shampoo_beta >= 0 else self.betas[1]
-
-    @classmethod
-    def from_group(cls, group: Dict[str, Any]) -> "BasisConfig":
-        return cls(**{f.name: group[f.name] for f in dataclasses.fields(cls)})
-
 
 class StackKey(NamedTuple):
-    """Parameters with equal keys share a stack (the step count is kept apart: a stack is reused across steps)."""
+    """Parameters with equal keys and step counts share a stack (the key is reused across steps)."""
 
     group: int
     shape: Tuple[int, ...]
@@ -143,29 +59,84 @@ class StackKey(NamedTuple):
     alone: Optional[int]  # id(p) with bucket=False
 
 
-class EigenbasisOptimizer(LabOptimizer):
-    """Base of SOAP, Shampoo, EigenAdafactor and Adafactor: the stacked step above with ``rule``.
+class Job(NamedTuple):
+    """One stack's step: its config and rule, gradients, learning rate, step t (0: the first call, SOAP's
+    ordering: factors and basis only)."""
 
-    Subclasses set ``Config`` (a :class:`BasisConfig` subclass) and ``make_rule(config)``; their constructor
-    builds the config from its keywords (validating them) and passes it here.
-    """
+    s: Stack
+    states: List[dict]
+    cfg: BasisConfig
+    rule: Rule
+    grads: List[Tensor]
+    lr: float
+    t: int
+
+
+def _constructor(Config: type):
+    """``__init__`` of an optimizer whose options are ``Config``'s fields (:func:`.config.signature`)."""
+    sig = options.signature(Config)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        kw = dict(bound.arguments)
+        del kw["self"]
+        params, on_nonfinite = kw.pop("params"), kw.pop("on_nonfinite")
+        EigenbasisOptimizer.__init__(self, params, Config(**kw), on_nonfinite=on_nonfinite)
+
+    __init__.__signature__ = sig
+    return __init__
+
+
+class EigenbasisOptimizer(PolicyRefreshes, LabOptimizer):
+    """The stacked step above, with a config (``Config``: :class:`BasisConfig` or a subclass) and a rule.
+
+    ``EigenbasisOptimizer(params, config=None, *, rule=None, on_nonfinite="raise", **options)``: ``config`` or the
+    options of ``Config`` as keywords; ``rule`` (any :class:`.rules.Rule`) is used for every group, else each group's
+    config builds its own (``config.rule()``: SOAP's Adam for :class:`BasisConfig`). A subclass that sets
+    ``Config`` gets its constructor from it: the config's fields as keywords (:mod:`.config`).
+
+    ``torch.compile(opt.step)`` (with ``on_nonfinite="ignore"``): an ordinary step is one graph, the refreshes run
+    outside it, and compiling stops after the first refresh step (docs/compile.md, tests/test_compile.py)."""
 
     Config = BasisConfig
 
-    def __init__(self, params: Iterable[Any], config: BasisConfig, on_nonfinite: str = "raise"):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__ and "__init__" not in cls.__dict__:
+            cls.__init__ = _constructor(cls.Config)
+            cls.__doc__ = (cls.__doc__ or "").rstrip() + options.args_doc(cls.Config)
+
+    def __init__(self, params: Iterable[Any], config: Optional[BasisConfig] = None, *, rule: Optional[Rule] = None,
+                 on_nonfinite: str = "raise", **kwargs: Any):
+        if config is None:
+            config = self.Config(**kwargs)
+        elif kwargs:
+            raise TypeError(f"pass options either as config or as keywords, not both (got {sorted(kwargs)})")
         super().__init__(params, dataclasses.asdict(config), on_nonfinite=on_nonfinite)
+        self._config_type, self._rule = type(config), rule
+        self._option_names = [f.name for f in dataclasses.fields(config) if f.name != "lr"]
+        self._configs: Dict[int, tuple] = {}  # per group: (its options but lr, config, rule); rebuilt on a change
         self._stacks = StackCache()  # a cache (see stack.py); never part of state_dict
         self._workspace = Workspace()  # the step's work buffers (5 × the largest stack's M)
         self._refresh_workspace = Workspace()  # the refresh's scratch (2 × the largest stack's factor stack)
         self._check_workspace = Workspace()  # adaptive: P·Q of every factor of the stack being checked
-        self._refresh_stats = policies.RefreshStats()  # diagnostics (refresh_stats()); never part of state_dict
+        self._refresh_stats = policies.RefreshStats()  # diagnostics (refresh_stats()); counters in state_dict
         self._offsets: Dict[int, int] = {}  # staggered: the cost model's offset per id(p) (a cache)
         self._flops: Dict[tuple, List[float]] = {}  # per layout: estimated refresh FLOPs of each factor
-        for group in self.param_groups:
-            policies.check_offsets_length(self.Config.from_group(group), len(group["params"]))
+        for gi, group in enumerate(self.param_groups):
+            self._config(gi, group)
 
-    def make_rule(self, cfg: BasisConfig):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _config(self, gi: int, group: dict) -> Tuple[BasisConfig, Rule]:
+        """Group ``gi``'s config (validated) and rule, built again only when an option other than lr changed (the
+        step reads lr off the group: a schedule does not rebuild them)."""
+        values = [group[k] for k in self._option_names]
+        cached = self._configs.get(gi)
+        if cached is None or cached[0] != values:
+            cfg = self._config_type.from_group(group)
+            policies.check_offsets_length(cfg, len(group["params"]))
+            cached = self._configs[gi] = (values, cfg, self._rule or cfg.rule())
+        return cached[1], cached[2]
 
     # -- tensor <-> layout ------------------------------------------------------------------------------
     @staticmethod
@@ -187,28 +158,44 @@ class EigenbasisOptimizer(LabOptimizer):
         return x.reshape(p.shape)
 
     # -- state ------------------------------------------------------------------------------------------
-    def _init_state(self, state: dict, p: Tensor, layout: kron.KronLayout, rule) -> None:
+    @staticmethod
+    def _init_state(state: dict, p: Tensor, layout: kron.KronLayout, rule: Rule) -> None:
         """Zero state under the reference's names; fills in what a checkpoint from an older version lacks."""
         dtype = kron.state_dtype_for(p.dtype)
         if "step" not in state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros(layout.shape, dtype=dtype, device=p.device)
-            state.update(rule.init(layout, dtype=dtype, device=p.device))
+            entries = rule.init(layout, dtype=dtype, device=p.device)
+            if ENGINE_KEYS & set(entries):
+                raise ValueError(f"a rule's state may not be named {sorted(ENGINE_KEYS & set(entries))}")
+            state.update(step=0, exp_avg=torch.zeros(layout.shape, dtype=dtype, device=p.device), **entries)
         if "GG" not in state:
             state["GG"] = kron.init_factors(layout, dtype=dtype, device=p.device)
             state.setdefault("Q", None)
 
+    @staticmethod
+    def _build(params: List[Tensor], states: List[dict], layout: kron.KronLayout, rule: Rule) -> Stack:
+        """A stack of the rule's entries (tensors or per-dimension lists) and the engine's."""
+        for st in states:  # a checkpoint may hold None where this version initializes a rule's entry (Shampoo's D)
+            if any(v is None for k, v in st.items() if k not in ENGINE_KEYS):
+                new = rule.init(layout, dtype=st["exp_avg"].dtype, device=st["exp_avg"].device)
+                st.update({k: v for k, v in new.items() if st.get(k) is None})
+        names = [k for k in states[0] if k not in ENGINE_KEYS]
+        tensors = [k for k in names if isinstance(states[0][k], Tensor)]
+        return Stack(params, states, layout, tensors=["exp_avg"] + tensors,
+                     lists=["GG", "Q"] + [k for k in names if k not in tensors])
+
+    @staticmethod
+    def _rule_names(s: Stack) -> List[str]:
+        return [k for k in s.tensor_names + s.list_names if k not in ENGINE_KEYS]
+
     # -- the step ---------------------------------------------------------------------------------------
     def _update_all(self, items: List[Tuple[dict, Tensor, Tensor]]) -> None:
         index = {id(g): i for i, g in enumerate(self.param_groups)}
-        configs: Dict[int, Tuple[BasisConfig, Any]] = {}
-        stacks: Dict[Tuple[StackKey, int], List[Tuple[Tensor, Tensor]]] = {}
+        stacks: Dict[StackKey, List[Tuple[Tensor, Tensor]]] = {}
+        configs: Dict[int, Tuple[BasisConfig, Rule]] = {}
         for group, p, g in items:
             gi = index[id(group)]
             if gi not in configs:
-                cfg = self.Config.from_group(group)
-                policies.check_offsets_length(cfg, len(group["params"]))
-                configs[gi] = (cfg, self.make_rule(cfg))
+                configs[gi] = self._config(gi, group)
             cfg, rule = configs[gi]
             layout = self._layout(p, cfg)
             state = self.state[p]
@@ -217,66 +204,115 @@ class EigenbasisOptimizer(LabOptimizer):
                 state["refresh_offset"] = self._offset_of(p)
             key = StackKey(gi, layout.shape, layout.precond, state["exp_avg"].dtype, p.dtype, p.device,
                            self._nhwc(p, cfg), state["Q"] is not None, None if cfg.bucket else id(p))
-            stacks.setdefault((key, state["step"]), []).append((p, g))
-        for (key, _), members in stacks.items():
+            stacks.setdefault(key, []).append((p, g))
+        jobs = []
+        for key, members in stacks.items():
+            group = self.param_groups[key.group]
             cfg, rule = configs[key.group]
-            self._step_stack(key, cfg, rule, members)
+            layout = kron.KronLayout(key.shape, key.precond)
+            for s, part in self._stacks_of(key, members, layout, rule):
+                states = [self.state[p] for p, _ in part]
+                t = states[0]["step"] + (0 if cfg.factor_update == "after" and s.Q is None else 1)
+                for st in states:  # one step count per stack, read off its first member (torch.compile: one symbol)
+                    st["step"] = t
+                jobs.append(Job(s, states, cfg, rule, [g for _, g in part], group["lr"], t))
+        due = []  # Shampoo's ordering: the factors take G, then the refreshes due, then the step
+        for job in jobs:
+            if job.cfg.factor_update == "before" and job.s.layout.n_precond:
+                kron.update_factors_(job.s.GG, self._gradients(job)[0], job.cfg.factor_beta, batched=True)
+                start = job.cfg.start_preconditioning_step
+                if job.t >= start and (job.s.Q is None or self._due(job.cfg, job.t - start)):
+                    due.append((job, job.t - start))
+        if due:
+            self._refresh_all(due)
+        due = []
+        for job in jobs:
+            G = self._gradients(job)
+            if job.t:
+                self._step(job, G)
+            if job.cfg.factor_update == "after":
+                kron.update_factors_(job.s.GG, G[0], job.cfg.factor_beta, batched=True)
+                if job.t == 0 or (job.s.layout.n_precond and self._due(job.cfg, job.t)):
+                    due.append((job, job.t))
+        if due:
+            self._refresh_all(due)
 
-    def _step_stack(self, key: StackKey, cfg: BasisConfig, rule, members: List[Tuple[Tensor, Tensor]]) -> None:
-        params = [p for p, _ in members]
-        states = [self.state[p] for p in params]
-        layout = kron.KronLayout(key.shape, key.precond)
-        s = self._stacks.get(key, params, states, lambda: Stack(
-            params, states, layout, tensors=("exp_avg",) + rule.tensors(states[0]),
-            lists=("GG", "Q") + rule.lists(states[0])))
-        G, b1, b2, b3, b4 = self._workspace.buffers(s.M, 5)
-        for i, (p, g) in enumerate(members):
-            G[i].copy_(self._to_layout(g, p, cfg, layout))
-        f = cfg.precondition_frequency
+    def _stacks_of(self, key: StackKey, members: List[Tuple[Tensor, Tensor]], layout: kron.KronLayout,
+                   rule: Rule) -> List[Tuple[Stack, List[Tuple[Tensor, Tensor]]]]:
+        """``members`` as stacks: one, if it is a stack already (its members were stepped together); else built, one
+        per step count (a parameter that had no gradient at some step is stepped apart from the others)."""
+        found = self._stacks.find(key, [p for p, _ in members], [self.state[p] for p, _ in members])
+        if found is not None:
+            return [(found, members)]
+        parts: List[List[Tuple[Tensor, Tensor]]] = []
+        for p, g in members:
+            for part in parts:
+                if self.state[part[0][0]]["step"] == self.state[p]["step"]:
+                    part.append((p, g))
+                    break
+            else:
+                parts.append([(p, g)])
+        out = []
+        for part in parts:
+            params, states = [p for p, _ in part], [self.state[p] for p, _ in part]
+            out.append((self._stacks.get(key, params, states, lambda: self._build(params, states, layout, rule)), part))
+        return out
 
-        if cfg.factor_update == "after" and s.Q is None:  # first call: factors and basis, no weight update
-            kron.update_factors_(s.GG, G, cfg.factor_beta, batched=True)
-            self._refresh(s, states, cfg, rule, 0, b1, b2)
-            return
-        t = states[0]["step"] + 1
-        for st in states:
-            st["step"] = t
-        if cfg.factor_update == "before":
-            kron.update_factors_(s.GG, G, cfg.factor_beta, batched=True)
-            start = cfg.start_preconditioning_step
-            if cfg.refresh_policy == "fixed":
-                if layout.n_precond and t >= start and (s.Q is None or (t - start) % f == 0):
-                    self._refresh(s, states, cfg, rule, t, b1, b2)
-            elif layout.n_precond and t >= start:
-                if s.Q is None:
-                    self._refresh(s, states, cfg, rule, t, b1, b2)
-                else:
-                    self._scheduled_refresh(s, states, cfg, rule, t, t - start, (b1, b2, b3, b4))
+    @staticmethod
+    def _due(cfg: BasisConfig, phase: int) -> bool:
+        """A refresh (fixed), a check (adaptive) or possibly some members' refreshes (staggered) at this phase."""
+        return phase >= 1 and (cfg.refresh_policy == "staggered" or phase % cfg.precondition_frequency == 0)
 
+    def _gradients(self, job: Job) -> List[Tensor]:
+        """The step's work buffers (5 × the stack's M), the first holding the gradients in the layout's shape."""
+        bufs = self._workspace.buffers(job.s.M, 5)
+        for i, (p, g) in enumerate(zip(job.s.params, job.grads)):
+            bufs[0][i].copy_(self._to_layout(g, p, job.cfg, job.s.layout))
+        return bufs
+
+    def _step(self, job: Job, bufs: List[Tensor]) -> None:
+        """Rotate in, the rule, rotate back, step the weights."""
+        s, cfg = job.s, job.cfg
+        G, b1, b2, b3, b4 = bufs
         Q = s.Q or ()
-        rotate_g = rule.reads_rotated_gradient or cfg.momentum_space == "eigenbasis"
-        g_rot = kron.project(G, Q, batched=True, out=b1, tmp=b2) if rotate_g else None
         if cfg.momentum_space == "eigenbasis":
-            m_rot = s.M.lerp_(g_rot, 1 - cfg.betas[0])
+            g = kron.project(G, Q, batched=True, out=b1, tmp=b2)
+            m, free = s.M.lerp_(g, 1 - cfg.betas[0]), [b2, b4, b3]
         else:
             s.M.lerp_(G, 1 - cfg.betas[0])
-            m_rot = kron.project(s.M, Q, batched=True, out=b3, tmp=b2)
-        direction, scale = rule.direction(s, cfg, t, G=G, g_rot=g_rot, m_rot=m_rot, out=b2, work=b4)
+            g, m, free = None, kron.project(s.M, Q, batched=True, out=b3, tmp=b2), [b1, b2, b4]
+        out = job.rule.direction(Step(s.stacked, job.t, cfg, G, m, g=g, momentum=s.M if g is None else None,
+                                      bases=s.Q, free=free))
+        direction, scale = out if isinstance(out, tuple) else (out, 1.0)
+        if direction is not b2 and direction is not b4:  # a tensor of the rule's own: b1 and b3 stay free
+            direction = b2.copy_(direction)
         update = kron.project(direction, Q, back=True, batched=True, out=b1, tmp=b3)
-        rule.finish(s, cfg, update)
-        step_size = cfg.lr * scale
-        ups = [self._from_layout(update[i], p, cfg) for i, p in enumerate(params)]
-        self._apply_updates(params, ups, step_size, cfg.lr, cfg.weight_decay)
+        if cfg.normalize_grads:
+            update.div_(update.square().mean(dim=per_layer(update), keepdim=True).sqrt().add_(1e-30))
+        ups = [self._from_layout(update[i], p, cfg) for i, p in enumerate(s.params)]
+        self._apply_updates(s.params, ups, job.lr * scale, job.lr, cfg.weight_decay)
 
-        if cfg.factor_update == "after":
-            kron.update_factors_(s.GG, G, cfg.factor_beta, batched=True)
-            if cfg.refresh_policy == "fixed":
-                if layout.n_precond and t % f == 0:
-                    self._refresh(s, states, cfg, rule, t, b1, b2)
-            elif layout.n_precond:
-                self._scheduled_refresh(s, states, cfg, rule, t, t, (b1, b2, b3, b4))
+    # -- refreshes (refresh.py decides when; on the host, outside compiled graphs) ----------------------
+    @torch.compiler.disable
+    def _refresh_all(self, due: List[Tuple[Job, int]]) -> None:
+        """The refreshes due at this step: first bases, fixed refreshes, the staggered and adaptive policies'."""
+        for job, phase in due:
+            s, states, cfg, rule, t = job.s, job.states, job.cfg, job.rule, job.t
+            bufs = self._workspace.buffers(s.M, 5)[1:]
+            if s.Q is None or cfg.refresh_policy == "fixed":
+                self._refresh(s, states, cfg, rule, t, bufs[0], bufs[1])
+            elif cfg.refresh_policy == "staggered":
+                f = cfg.precondition_frequency
+                rows = [i for i, st in enumerate(states) if policies.staggered_due(phase, f, st["refresh_offset"])]
+                if len(rows) == len(states):
+                    self._refresh(s, states, cfg, rule, t, bufs[0], bufs[1])
+                elif rows:
+                    self._refresh_members(s, states, cfg, rule, t, [None if q is None else rows for q in s.Q], None,
+                                          bufs)
+            else:
+                self._check_and_refresh(s, states, cfg, rule, t, bufs)
 
-    def _refresh(self, s: Stack, states: List[dict], cfg: BasisConfig, rule, t: int, buf: Tensor, tmp: Tensor,
+    def _refresh(self, s: Stack, states: List[dict], cfg: BasisConfig, rule: Rule, t: int, buf: Tensor, tmp: Tensor,
                  pq: Optional[List[Optional[Tensor]]] = None) -> None:
         """New bases (the first from eigh); the momentum carried over, the rule's state following the slots.
 
@@ -285,185 +321,18 @@ class EigenbasisOptimizer(LabOptimizer):
         allocates nothing of size n² (its scratch comes from a second workspace). ``pq``: P·Q per dimension,
         already computed by the adaptive policy's check (:meth:`_check_and_refresh`)."""
         if s.Q is None:
-            Q, evals = kron.init_bases(s.GG, eigenvalues=True)
+            Q, evals = kron.init_bases(s.GG)
             s.replace("Q", Q, states)
-            rule.on_new_basis(s, states, cfg, evals, t)
+            rule.new_basis(s.stacked, cfg, evals, t)
             return
         carry = cfg.momentum_space == "eigenbasis"
         m_orig = kron.project(s.M, s.Q, back=True, batched=True, out=buf, tmp=tmp) if carry else None
-        _, perms, evals = kron.refresh_bases(s.GG, s.Q, rule.refresh_method(cfg), cfg.qr_method,
-                                             follow=rule.follows_basis, out=s.Q,
-                                             work=self._refresh_workspace.buffers, pq=pq)
+        _, perms, evals = kron.refresh_bases(s.GG, s.Q, cfg.refresh, cfg.qr_method, follow=rule.follows_basis,
+                                             out=s.Q, work=self._refresh_workspace.buffers, pq=pq)
         if carry:
             kron.project(m_orig, s.Q, batched=True, out=s.M, tmp=tmp)
         if rule.follows_basis:
-            rule.follow(s, perms, work=buf)
-        rule.on_new_basis(s, states, cfg, evals, t)
+            permute_state_(s.stacked, self._rule_names(s), perms, work=buf)
+        rule.new_basis(s.stacked, cfg, evals, t)
         self._refresh_stats.stack_refreshed(s.params, lambda: (
             [None if q is None else q.shape[-1] for q in s.Q], len(s.params) * sum(self._factor_flops(s, cfg, rule))))
-
-    # -- refresh policies (refresh.py decides when; the refresh itself is the one above) ------------------
-    def _scheduled_refresh(self, s: Stack, states: List[dict], cfg: BasisConfig, rule, t: int, phase: int,
-                           bufs: Tuple[Tensor, ...]) -> None:
-        """"staggered" and "adaptive" at step t (``phase`` steps after the first basis; see :mod:`.refresh`)."""
-        f = cfg.precondition_frequency
-        if cfg.refresh_policy == "staggered":
-            due = [i for i, st in enumerate(states) if policies.staggered_due(phase, f, st["refresh_offset"])]
-            if len(due) == len(states):
-                self._refresh(s, states, cfg, rule, t, bufs[0], bufs[1])
-            elif due:
-                self._refresh_members(s, states, cfg, rule, t, [None if q is None else due for q in s.Q], None, bufs)
-        elif policies.check_due(phase, f):
-            self._check_and_refresh(s, states, cfg, rule, t, bufs)
-
-    def _check_and_refresh(self, s: Stack, states: List[dict], cfg: BasisConfig, rule, t: int,
-                           bufs: Tuple[Tensor, ...]) -> None:
-        """"adaptive": the staleness of every factor of the stack (one transfer to the host), then a refresh of
-        exactly the factors whose staleness is not below τ — the whole stack on the fixed path when all are."""
-        dims = [d for d, q in enumerate(s.Q) if q is not None]
-        held = self._check_workspace.aligned([s.GG[d] for d in dims])
-        direct = policies.uses_direct(cfg.refresh_tolerance, s.GG[dims[0]].dtype)
-        values = []
-        for d, PQ in zip(dims, held):
-            P, q = s.GG[d], s.Q[d]
-            torch.matmul(P, q, out=PQ)
-            work = self._refresh_workspace.buffers(P, 2)[1]
-            values.append(policies.staleness(P, q, PQ, direct=direct, work=work))
-        values = torch.stack(values).tolist()  # the check's one GPU→CPU transfer for this stack
-        tau, n = cfg.refresh_tolerance, len(s.params)
-        pq: List[Optional[Tensor]] = [None] * len(s.Q)
-        select: List[Optional[List[int]]] = [None] * len(s.Q)
-        for d, PQ, row in zip(dims, held, values):
-            pq[d] = PQ
-            select[d] = [i for i, v in enumerate(row) if policies.needs_refresh(v, tau)]
-        chosen = sum(len(select[d]) for d in dims)
-        if chosen == n * len(dims):
-            self._refresh(s, states, cfg, rule, t, bufs[0], bufs[1], pq=pq)
-        elif chosen:
-            self._refresh_members(s, states, cfg, rule, t, select, pq, bufs)
-        # statistics: a QR refresh (or a sort before eigh) reuses the check's P·Q
-        flops = self._factor_flops(s, cfg, rule)
-        reuse = rule.refresh_method(cfg) == "qr" or rule.follows_basis
-        stats = self._refresh_stats
-        stats.check_steps += 1
-        for d, row in zip(dims, values):
-            size = s.Q[d].shape[-1]
-            check = cost.factor_check_flops(size, direct)
-            chosen_d = set(select[d])
-            for i, (p, v) in enumerate(zip(s.params, row)):
-                again = i in chosen_d
-                stats.checked(t, p, d, size, v, again, check - (2.0 * size**3 if again and reuse else 0.0), flops[d])
-
-    def _refresh_members(self, s: Stack, states: List[dict], cfg: BasisConfig, rule, t: int,
-                         select: List[Optional[List[int]]], pq: Optional[List[Optional[Tensor]]],
-                         bufs: Tuple[Tensor, ...]) -> None:
-        """The refresh of :meth:`_refresh` for some members of the stack only: ``select[d]`` lists the members
-        (ascending) whose basis of dimension d is refreshed. Each run of consecutive members is refreshed as one
-        batch, on views (nothing is gathered or allocated of size n²). A member refreshed along any dimension
-        has its momentum carried through all its bases (an unchanged basis rotates it back and forth: the same
-        up to round-off); the rule's per-coordinate state follows permutations that are the identity for
-        members not refreshed along that dimension; eigenvalues reach the rule for the refreshed rows only."""
-        buf, tmp = bufs[0], bufs[1]
-        Q = s.Q
-        union = sorted({i for rows in select if rows for i in rows})
-        carry = cfg.momentum_space == "eigenbasis"
-
-        def sliced(a: int, b: int) -> List[Optional[Tensor]]:
-            return [None if q is None else q[a:b] for q in Q]
-
-        if carry:
-            for a, b in _runs(union):
-                kron.project(s.M[a:b], sliced(a, b), back=True, batched=True, out=buf[a:b], tmp=tmp[a:b])
-        method, follow = rule.refresh_method(cfg), rule.follows_basis
-        perms: List[Optional[Tensor]] = [None] * len(Q)
-        evals: List[Optional[Tensor]] = [None] * len(Q)
-        members: List[Optional[List[int]]] = [None] * len(Q)
-        flops = self._factor_flops(s, cfg, rule)
-        for d, (P, q) in enumerate(zip(s.GG, Q)):
-            rows = select[d]
-            if P is None or not rows:
-                continue
-            lams, orders = [], []
-            for a, b in _runs(rows):
-                _, order, lam = kron.refresh_bases(
-                    [P[a:b]], [q[a:b]], method, cfg.qr_method, follow=follow, out=[q[a:b]],
-                    work=self._refresh_workspace.buffers, pq=None if pq is None else [pq[d][a:b]])
-                lams.append(lam[0])
-                orders.append((a, b, order[0]))
-            if any(o is not None for _, _, o in orders):
-                n = q.shape[-1]
-                full = torch.arange(n, device=q.device).expand(len(s.params), n).clone()
-                for a, b, o in orders:
-                    full[a:b] = o
-                perms[d] = full
-            evals[d], members[d] = torch.cat(lams), rows
-            for i in rows:
-                self._refresh_stats.refreshed(s.params[i], d, q.shape[-1], flops[d])
-        if carry:
-            for a, b in _runs(union):
-                kron.project(buf[a:b], sliced(a, b), batched=True, out=s.M[a:b], tmp=tmp[a:b])
-        if follow and any(x is not None for x in perms):
-            rule.follow(s, perms, work=buf)
-        rule.on_new_basis(s, states, cfg, evals, t, members=members)
-
-    def _factor_flops(self, s: Stack, cfg: BasisConfig, rule) -> List[float]:
-        """Estimated FLOPs of refreshing each factor of one member of ``s`` (:func:`.cost.factor_refresh_flops`)."""
-        key = (s.layout, rule.refresh_method(cfg), rule.follows_basis)
-        out = self._flops.get(key)
-        if out is None:
-            numel = math.prod(s.layout.shape)
-            out = [cost.factor_refresh_flops(n, numel, key[1], key[2]) if pr else 0.0
-                   for n, pr in zip(s.layout.shape, s.layout.precond)]
-            self._flops[key] = out
-        return out
-
-    def _offset_of(self, p: Tensor) -> int:
-        """"staggered": the parameter's offset — explicit (``refresh_offsets``) or from the cost model, assigned
-        over all parameters of the staggered groups that share f and the first-basis step (deterministic)."""
-        if id(p) not in self._offsets:
-            offsets: Dict[int, int] = {}
-            pools: Dict[tuple, List[Tuple[Tensor, float]]] = {}
-            for group in self.param_groups:
-                cfg = self.Config.from_group(group)
-                if cfg.refresh_policy != "staggered":
-                    continue
-                if cfg.refresh_offsets is not None:
-                    offsets.update({id(q): o for q, o in zip(group["params"], cfg.refresh_offsets)})
-                    continue
-                rule = self.make_rule(cfg)
-                method, follow = rule.refresh_method(cfg), rule.follows_basis
-                t0 = cfg.start_preconditioning_step if cfg.factor_update == "before" else 0
-                pool = pools.setdefault((cfg.precondition_frequency, t0), [])
-                for q in group["params"]:
-                    layout = self._layout(q, cfg)
-                    numel = math.prod(layout.shape)
-                    pool.append((q, sum(cost.factor_refresh_flops(n, numel, method, follow)
-                                        for n, pr in zip(layout.shape, layout.precond) if pr)))
-            for (f, _), pool in pools.items():
-                for (q, _), o in zip(pool, policies.assign_offsets([c for _, c in pool], f)):
-                    offsets[id(q)] = o
-            self._offsets = offsets
-        return self._offsets[id(p)]
-
-    def refresh_stats(self) -> Dict[str, Any]:
-        """What the refresh policies did since this optimizer was built (:class:`.refresh.RefreshStats`):
-
-        ``refreshes``, ``checks``, ``skipped`` (factor checks that kept the basis), ``check_steps`` (stack
-        checks), estimated ``refresh_flops`` / ``check_flops`` / ``skipped_flops`` (the refreshes not done);
-        ``params``: per parameter (``index`` in param_groups order, ``group``, ``name`` from ``param_names``,
-        ``shape``, ``policy``) its ``factors``, each with ``dim``, ``size``, ``refreshes``, ``checks`` and the
-        last / max / mean staleness of its checks; ``log``: the most recent checks (at most
-        :data:`.refresh.LOG_MAX`) as (step, param index, dim, staleness, refreshed), ``log_dropped`` the older
-        ones. First bases (at the first call, or ``start_preconditioning_step``) are not counted as refreshes."""
-        return self._refresh_stats.summary(self.param_groups)
-
-
-def _runs(rows: List[int]) -> List[Tuple[int, int]]:
-    """Ascending indices as half-open runs of consecutive ones: [0, 1, 2, 5] -> [(0, 3), (5, 6)]."""
-    out: List[Tuple[int, int]] = []
-    for i in rows:
-        if out and out[-1][1] == i:
-            out[-1] = (out[-1][0], i + 1)
-        else:
-            out.append((i, i + 1))
-    return out

@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .linalg import eigh_descending, orthonormalize, syrk_
+from .linalg import DEFAULT_ORTHO, eigh_descending, orthonormalize, syrk_
 
 Tensor = torch.Tensor
 Bases = List[Optional[Tensor]]
 
 __all__ = ["KronLayout", "make_layout", "merged_shape", "MERGE_WARN_DIM", "state_dtype_for", "init_factors",
-           "update_factors_", "init_bases", "refresh_bases", "rotated_diagonal", "permute_", "project",
-           "project_back"]
+           "update_factors_", "init_bases", "refresh_bases", "rotated_diagonal", "permute_", "permute_state_",
+           "project", "project_back"]
 
 
 def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
@@ -182,12 +182,11 @@ def update_factors_(GG: Bases, g: Tensor, beta: float, *, batched: bool = False)
 # ----------------------------------------------------------------------------------------------------------
 # Eigenbasis
 # ----------------------------------------------------------------------------------------------------------
-def init_bases(GG: Bases, *, eigenvalues: bool = False):
-    """First basis from a full eigendecomposition of each factor (reference: at the first call); with
-    ``eigenvalues``, also the eigenvalues (descending), as ``(Q, evals)``."""
+def init_bases(GG: Bases) -> Tuple[Bases, Bases]:
+    """First basis from a full eigendecomposition of each factor (reference: at the first call), and the
+    eigenvalues (descending): ``(Q, evals)``."""
     eig = [None if P is None else eigh_descending(P, return_eigenvalues=True) for P in GG]
-    Q = [None if e is None else e[1] for e in eig]
-    return (Q, [None if e is None else e[0] for e in eig]) if eigenvalues else Q
+    return [None if e is None else e[1] for e in eig], [None if e is None else e[0] for e in eig]
 
 
 def rotated_diagonal(q: Tensor, PQ: Tensor, work: Optional[Tensor] = None) -> Tensor:
@@ -198,7 +197,7 @@ def rotated_diagonal(q: Tensor, PQ: Tensor, work: Optional[Tensor] = None) -> Te
 
 
 def refresh_bases(
-    GG: Bases, Q: Bases, method: str = "qr", qr_method: str = "householder", *, follow: bool = True,
+    GG: Bases, Q: Bases, method: str = "qr", qr_method: str = DEFAULT_ORTHO, *, follow: bool = True,
     out: Optional[Bases] = None, work: Optional[Callable[[Tensor, int], List[Tensor]]] = None,
     pq: Optional[Sequence[Optional[Tensor]]] = None,
 ) -> Tuple[Bases, List[Optional[Tensor]], Bases]:
@@ -273,6 +272,21 @@ def permute_(x: Tensor, perms: Sequence[Optional[Tensor]], work: Optional[Tensor
     if y is not x:
         x.copy_(y)
     return x
+
+
+def permute_state_(state: Dict[str, Any], names: Sequence[str], perms: Sequence[Optional[Tensor]],
+                   work: Optional[Tensor] = None) -> None:
+    """A rule's per-coordinate state after a refresh sorted the basis slots by ``perms`` ((batch, n_d) per
+    dimension): tensors are permuted along every dimension (``work``, shaped like them, is scratch), lists of
+    per-dimension vectors along their own."""
+    for name in names:
+        x = state.get(name)
+        if isinstance(x, Tensor):
+            permute_(x, perms, work=work)
+        elif x is not None:
+            for r, order in zip(x, perms):
+                if r is not None and order is not None:
+                    r.copy_(r.gather(-1, order))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 Tensor = torch.Tensor
 
 __all__ = ["syrk_", "SYRK_BLOCK_MIN", "eigh_descending", "EIGH_JITTERS", "orthonormalize", "householder_q",
-           "ORTHO_METHODS", "ORTHO_STATS", "CHOLESKY_QR_TOL"]
+           "ORTHO_METHODS", "DEFAULT_ORTHO", "ORTHO_STATS", "CHOLESKY_QR_TOL"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,6 +127,10 @@ def _eigh_descending_stack(P: Tensor, return_eigenvalues: bool):
 # ----------------------------------------------------------------------------------------------------------
 ORTHO_METHODS = ("householder", "cholesky")
 
+#: The one default orthonormalization (the optimizers' ``qr_method``, :func:`orthonormalize`, the refresh):
+#: Cholesky-QR, measured the faster in a long run (benchmarks/README.md, "orthonormalize").
+DEFAULT_ORTHO = "cholesky"
+
 #: How each matrix was orthonormalized since import (diagnostics, e.g. for the benchmark): "householder"
 #: (asked for), "cholesky_1" / "cholesky_2" (Cholesky-QR accepted after one / two passes),
 #: "cholesky_fallback" (Cholesky-QR failed its checks; Householder used instead).
@@ -229,7 +233,7 @@ def _rows(x: Tensor, idx: Tensor, count: int) -> Tensor:
     return x if idx.numel() == count else x[idx]
 
 
-def orthonormalize(X: Tensor, method: str = "householder", *, tol: Optional[float] = None,
+def orthonormalize(X: Tensor, method: str = DEFAULT_ORTHO, *, tol: Optional[float] = None,
                    out: Optional[Tensor] = None, work: Optional[Tensor] = None) -> Tensor:
     """Orthonormal Q of the QR factorization of ``X`` (n×k, k ≤ n; batched), in X's dtype.
 

@@ -68,7 +68,11 @@ Statistics (:class:`RefreshStats`, ``optimizer.refresh_stats()``): refresh and c
 parameter (index in ``param_groups`` order, name from ``param_names`` where given), the staleness of every
 check in a bounded log (the most recent :data:`LOG_MAX` entries; older ones are counted, and summarized per
 factor as last/max/mean), estimated FLOPs of the refreshes done, of the checks, and of the refreshes skipped.
-Statistics count this optimizer instance's steps (they are diagnostics, not part of ``state_dict``).
+The counters (totals; per factor: refreshes, checks, last/max/sum of staleness) travel in the optimizer's
+``state_dict`` (key ``"refresh_stats"``, parameters by index) so a resumed run counts on from the checkpoint; the
+log does not (its entries before the checkpoint are counted in ``log_dropped``). A checkpoint without the key (older
+versions) starts the counters at zero; so does a ZeRO-1 checkpoint (torch's consolidation keeps ``state`` and
+``param_groups`` only).
 """
 from __future__ import annotations
 
@@ -260,27 +264,47 @@ class RefreshStats:
         self.log.append((t, id(p), d, value, refreshed))
         self.logged += 1
 
-    def summary(self, param_groups: Sequence[dict]) -> Dict[str, Any]:
+    def _per_param(self, param_groups: Sequence[dict]):
+        """(index of each id(p) -> (i, group, position, p); id(p) -> {dim: _Factor} with whole-stack refreshes added)."""
         index: Dict[int, Tuple[int, int, int, Tensor]] = {}
         i = 0
         for gi, group in enumerate(param_groups):
             for pi, p in enumerate(group["params"]):
                 index[id(p)] = (i, gi, pi, p)
                 i += 1
-        counts: Dict[int, Dict[int, Tuple[int, int]]] = {}  # id(p) -> dim -> (size, whole-stack refreshes)
+        per: Dict[int, Dict[int, _Factor]] = {pid: {d: copy.copy(fac) for d, fac in facs.items()}
+                                              for pid, facs in self.factors.items() if pid in index}
         for members, sizes, _, n in self.stacks.values():
             for p in members:
-                per = counts.setdefault(id(p), {})
                 for d, size in enumerate(sizes):
-                    if size is not None:
-                        per[d] = (size, per.get(d, (size, 0))[1] + n)
+                    if size is not None and id(p) in index:
+                        per.setdefault(id(p), {}).setdefault(d, _Factor(size)).refreshes += n
+        return index, per
+
+    _TOTALS = ("check_steps", "refresh_flops", "check_flops", "skipped_flops", "logged")
+
+    def state_dict(self, param_groups: Sequence[dict]) -> Dict[str, Any]:
+        """The counters, parameters by index in ``param_groups`` order (as the optimizer's ``state``); not the log."""
+        index, per = self._per_param(param_groups)
+        return {"factors": {index[pid][0]: {d: [f.size, f.refreshes, f.checks, f.last, f.max, f.sum]
+                                            for d, f in facs.items()} for pid, facs in per.items()},
+                **{k: getattr(self, k) for k in self._TOTALS}}
+
+    def load_state_dict(self, sd: Dict[str, Any], param_groups: Sequence[dict]) -> None:
+        """Continue from :meth:`state_dict`'s counters (this instance's are replaced; the log starts empty)."""
+        params = [p for group in param_groups for p in group["params"]]
+        self.__init__(self.log.maxlen)
+        for i, facs in sd["factors"].items():
+            for d, (size, refreshes, checks, last, mx, total) in facs.items():
+                fac = self._factor(params[int(i)], int(d), size)
+                fac.refreshes, fac.checks, fac.last, fac.max, fac.sum = refreshes, checks, last, mx, total
+        for k in self._TOTALS:
+            setattr(self, k, type(getattr(self, k))(sd[k]))
+
+    def summary(self, param_groups: Sequence[dict]) -> Dict[str, Any]:
+        index, merged = self._per_param(param_groups)
         params = []
-        for pid in sorted(set(self.factors) | set(counts), key=lambda pid: index.get(pid, (-1,))[0]):
-            if pid not in index:
-                continue
-            per = {d: copy.copy(fac) for d, fac in self.factors.get(pid, {}).items()}
-            for d, (size, n) in counts.get(pid, {}).items():
-                per.setdefault(d, _Factor(size)).refreshes += n
+        for pid, per in merged.items():
             i, gi, pi, p = index[pid]
             names = param_groups[gi].get("param_names")
             params.append({

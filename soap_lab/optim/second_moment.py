@@ -78,10 +78,5 @@ def rank_one(stats: Sequence[Tensor], total: Tensor, out: Optional[Tensor] = Non
 
 def permute_(state: Dict[str, object], perms: Sequence[Optional[Tensor]], work: Optional[Tensor] = None) -> None:
     """Follow a basis refresh: reorder the per-coordinate statistics along each permuted dimension (batched
-    when the permutations are (batch, n_d))."""
-    if "exp_avg_sq" in state:
-        kron.permute_(state["exp_avg_sq"], perms, work=work)  # type: ignore[arg-type]
-        return
-    for r, order in zip(state["exp_avg_sq_factors"], perms):  # type: ignore[arg-type]
-        if order is not None:
-            r.copy_(r.gather(-1, order))
+    when the permutations are (batch, n_d)); :func:`.kron.permute_state_` on these entries."""
+    kron.permute_state_(state, ("exp_avg_sq", "exp_avg_sq_factors"), perms, work=work)

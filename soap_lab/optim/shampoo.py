@@ -24,113 +24,48 @@ between (as in practice, e.g. DistributedShampoo). The factors take the current 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from typing import Optional
 
 from . import rules
-from .engine import BasisConfig, EigenbasisOptimizer, _check
-from .refresh import offsets_option
+from .config import BasisConfig, _check, documented, fixed, option
+from .engine import EigenbasisOptimizer
+from .linalg import DEFAULT_ORTHO
 
 __all__ = ["Shampoo", "ShampooConfig", "GRAFTING"]
 
 GRAFTING = ("adam", None)
 
 
-@dataclass(frozen=True)
+@documented
 class ShampooConfig(BasisConfig):
-    """Shampoo's hyperparameters (besides :class:`~soap_lab.optim.engine.BasisConfig`'s, whose ordering here is
-    Shampoo's: ``factor_update="before"``, ``momentum_space="original"``, eigh refreshes).
+    """Shampoo's hyperparameters: the machinery's in Shampoo's ordering (factors updated before the step, the
+    momentum in the original space, eigh refreshes; fixed), and its own."""
 
-    Attributes:
-        eps (1e-12): added to the factors' eigenvalues (the paper's baseline value).
-        exponent (0.25): e in L^-e G R^-e; must be > 0.
-        trace_scaling (False): multiply by (Tr GG)^((k−1)/2) (√Tr L for matrices), Claim 1's correction.
-        grafting ("adam"): "adam" (layer-wise norm of Adam's update) or None.
-        grafting_eps (1e-8): ε of the grafting Adam update.
-        start_preconditioning_step: first step in Shampoo's direction (the constructor maps a negative value
-            to ``precondition_frequency``).
-    """
-
-    eps: float = 1e-12
-    refresh: str = "eigh"
-    factor_update: str = "before"
-    momentum_space: str = "original"
-    exponent: float = 0.25
-    trace_scaling: bool = False
-    grafting: Optional[str] = "adam"
-    grafting_eps: float = 1e-8
+    eps: float = option(1e-12, "added to the factors' eigenvalues (the paper's baseline value)", positional=True)
+    refresh: str = fixed("eigh")
+    qr_method: str = fixed(DEFAULT_ORTHO)  # unused: eigh refreshes
+    factor_update: str = fixed("before")
+    momentum_space: str = fixed("original")
+    start_preconditioning_step: int = option(-1, "the first step in Shampoo's direction (Adam's before it); "
+                                             "negative means precondition_frequency", basis=True)
+    exponent: float = option(0.25, "e in L^-e G R^-e (> 0): 0.25 classic, 0.5 with trace_scaling Claim 1's")
+    trace_scaling: bool = option(False, "multiply by (Tr GG)^((k−1)/2) (√Tr L for matrices), Claim 1's correction")
+    grafting: Optional[str] = option("adam", '"adam" (the layer-wise norm of Adam\'s direction) or None')
+    grafting_eps: float = option(1e-8, "ε of the grafting Adam direction (after bias correction)")
 
     def __post_init__(self):
+        object.__setattr__(self, "exponent", float(self.exponent))
         super().__post_init__()
+        if self.start_preconditioning_step < 1:
+            object.__setattr__(self, "start_preconditioning_step", self.precondition_frequency)
         _check(self.grafting in GRAFTING, "grafting", self.grafting, f"one of {GRAFTING}")
         _check(self.exponent > 0, "exponent", self.exponent, "> 0")
 
+    def rule(self) -> rules.Rule:
+        return rules.ShampooRoots(self.exponent, self.trace_scaling, self.grafting, self.grafting_eps)
+
 
 class Shampoo(EigenbasisOptimizer):
-    """Shampoo with EMA factors, eigenbasis inverse roots, optional grafting and the Claim 1 trace factor.
-
-    Args:
-        lr (3e-3): learning rate.
-        betas ((0.95, 0.95)): (β1 momentum on the gradient, β2 for the factors and the grafting Adam).
-        eps (1e-12): added to the factors' eigenvalues.
-        weight_decay (0.0): decoupled, after the update.
-        exponent (0.25): e in L^-e G R^-e.
-        trace_scaling (False): multiply by (Tr GG)^((k−1)/2), Claim 1's correction.
-        grafting ("adam"): "adam" or None.
-        grafting_eps (1e-8): ε of the grafting Adam update.
-        precondition_frequency (10): eigenbases/eigenvalues recomputed every f steps from step
-            ``start_preconditioning_step`` on.
-        start_preconditioning_step (-1): first step that uses Shampoo's direction; negative means
-            ``precondition_frequency``.
-        max_precond_dim (10000), precondition_1d (False): which dimensions get a factor (as SOAP).
-        correct_bias (True): momentum divided by 1−β1^t, factors and Adam's V by 1−β2^t.
-        bucket (True): stack same-layout parameters (same numbers up to round-off).
-        on_nonfinite ("raise"): "raise" on NaN/Inf gradients or "skip" the step.
-        refresh_policy ("fixed"): when bases are refreshed (:mod:`soap_lab.optim.refresh`): "fixed" (the paper's
-            every f steps), "staggered" (every f steps per parameter, at offsets that spread the refresh cost
-            over the steps), "adaptive" (each factor checked every f steps, refreshed only where its relative
-            off-diagonal mass is not below ``refresh_tolerance``; Purifying Shampoo's criterion).
-        refresh_tolerance (0.0): τ of "adaptive", ≥ 0 (0: every check refreshes, i.e. fixed; > 1: never after
-            the first basis); must be 0 with the other policies.
-        refresh_offsets (None): "staggered": one offset in [0, f) per parameter of the group, or None (from the
-            cost model).
-    """
+    """Shampoo with EMA factors, eigenbasis inverse roots, optional grafting and the Claim 1 trace factor."""
 
     Config = ShampooConfig
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 3e-3,
-        betas: Tuple[float, float] = (0.95, 0.95),
-        eps: float = 1e-12,
-        weight_decay: float = 0.0,
-        exponent: float = 0.25,
-        trace_scaling: bool = False,
-        grafting: Optional[str] = "adam",
-        grafting_eps: float = 1e-8,
-        precondition_frequency: int = 10,
-        start_preconditioning_step: int = -1,
-        max_precond_dim: int = 10000,
-        precondition_1d: bool = False,
-        correct_bias: bool = True,
-        *,
-        bucket: bool = True,
-        on_nonfinite: str = "raise",
-        refresh_policy: str = "fixed",
-        refresh_tolerance: float = 0.0,
-        refresh_offsets: Optional[Sequence[int]] = None,
-    ):
-        f, start = int(precondition_frequency), int(start_preconditioning_step)
-        config = ShampooConfig(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, exponent=float(exponent),
-            trace_scaling=trace_scaling, grafting=grafting, grafting_eps=grafting_eps, precondition_frequency=f,
-            start_preconditioning_step=start if start >= 1 else f, max_precond_dim=int(max_precond_dim),
-            precondition_1d=precondition_1d, correct_bias=correct_bias, bucket=bool(bucket),
-            refresh_policy=refresh_policy, refresh_tolerance=refresh_tolerance,
-            refresh_offsets=offsets_option(refresh_offsets),
-        )
-        super().__init__(params, config, on_nonfinite=on_nonfinite)
-
-    def make_rule(self, cfg: ShampooConfig) -> rules.Rule:
-        return rules.ShampooRoots(cfg.exponent, cfg.trace_scaling, cfg.grafting, cfg.grafting_eps)

@@ -34,10 +34,11 @@ class Workspace:
         self._views = {}  # (dtype, device, shape, count) -> views of the current flat tensor
 
     def buffers(self, like: Tensor, count: int = 3) -> List[Tensor]:
-        """``count`` disjoint tensors shaped like ``like`` (contents undefined)."""
+        """``count`` disjoint tensors shaped like ``like`` (contents undefined). Under ``torch.compile`` the views are
+        made in the graph from the one flat tensor (inputs aliasing each other confuse its backends)."""
         key = (like.dtype, like.device)
         views = self._views.get((*key, like.shape, count))
-        if views is not None:
+        if views is not None and not torch.compiler.is_compiling():
             return views
         n = like.numel()
         flat = self._flat.get(key)
@@ -46,7 +47,8 @@ class Workspace:
             self._flat[key] = flat
             self._views = {k: v for k, v in self._views.items() if k[:2] != key}  # views of the old tensor
         views = [flat[i * n:(i + 1) * n].view(like.shape) for i in range(count)]
-        self._views[(*key, like.shape, count)] = views
+        if not torch.compiler.is_compiling():
+            self._views[(*key, like.shape, count)] = views
         return views
 
     def aligned(self, likes: Sequence[Tensor]) -> List[Tensor]:
@@ -83,20 +85,20 @@ class Stack:
         states: their state dicts.
         layout: their common :class:`soap_lab.optim.kron.KronLayout`.
         tensors: names of per-parameter tensor entries (layout-shaped or per-coordinate), stacked to
-            (batch, ...); default SOAP's ``"exp_avg"``, ``"exp_avg_sq"``.
+            (batch, ...): e.g. ``"exp_avg"``, SOAP's ``"exp_avg_sq"``.
         lists: names of per-parameter list entries with one optional tensor per layout dimension, stacked per
-            dimension: default ``"GG"``, ``"Q"``; also e.g. Shampoo's ``"D"``, Adafactor's ``"exp_avg_sq_factors"``.
+            dimension: e.g. ``"GG"``, ``"Q"``, Shampoo's ``"D"``, Adafactor's ``"exp_avg_sq_factors"``.
             An entry that is ``None`` as a whole (Shampoo's ``Q`` and ``D`` before preconditioning starts) stays
             ``None`` until :meth:`replace` sets it.
 
     Each state entry becomes a view of the stacked tensors (same names, same shapes), and :meth:`intact` is False
     as soon as any entry is no longer the view handed out. ``stacked[name]`` holds the stacked tensor, list or
-    None; ``M``, ``V``, ``GG`` and ``Q`` name ``exp_avg``, ``exp_avg_sq``, ``GG`` and ``Q`` (None if absent). A
+    None; ``M``, ``GG`` and ``Q`` name ``exp_avg``, ``GG`` and ``Q`` (None if absent). A
     refresh writes new bases into Q in place, so the views stay valid.
     """
 
-    def __init__(self, params: List[Tensor], states: List[dict], layout, *,
-                 tensors: Sequence[str] = ("exp_avg", "exp_avg_sq"), lists: Sequence[str] = ("GG", "Q")):
+    def __init__(self, params: List[Tensor], states: List[dict], layout, *, tensors: Sequence[str],
+                 lists: Sequence[str]):
         self.params = list(params)
         self.layout = layout
         self.tensor_names = tuple(tensors)
@@ -123,7 +125,6 @@ class Stack:
 
     # The names the methods below use.
     M = property(lambda self: self.stacked.get("exp_avg"))
-    V = property(lambda self: self.stacked.get("exp_avg_sq"))
     GG = property(lambda self: self.stacked.get("GG"))
     Q = property(lambda self: self.stacked.get("Q"))
 
@@ -174,8 +175,8 @@ class Stack:
 
 class StackCache:
     """The optimizer's stacks, by key (everything that makes parameters stackable but the step count) and
-    members. A stack is reused while it holds exactly these parameters, in this order, and its views are
-    intact (:meth:`Stack.intact`); otherwise it is rebuilt from the current state, and any stack a member
+    members (whose step counts are equal when the stack is built, and stay so: they are stepped together). A stack
+    is reused while it holds exactly these parameters, in this order, and its views are intact (:meth:`Stack.intact`); otherwise it is rebuilt from the current state, and any stack a member
     belonged to before is dropped (a parameter belongs to one stack at a time). Never part of ``state_dict``.
 
     Behaves like the ``dict`` of stacks it wraps for ``len``, truth value and :meth:`values`.
@@ -191,17 +192,24 @@ class StackCache:
     def values(self):
         return self._stacks.values()
 
+    def find(self, key: tuple, params: List[Tensor], states: List[dict]) -> Optional[Stack]:
+        """The stack of ``params`` (with state dicts ``states``) under ``key``, if there is one and it is intact."""
+        stack = self._stacks.get(tuple(key) + tuple([id(p) for p in params]))
+        if stack is not None and all([a is b for a, b in zip(stack.params, params)]) and stack.intact(states):
+            return stack
+        return None
+
     def get(self, key: tuple, params: List[Tensor], states: List[dict], build: Callable[[], Stack]) -> Stack:
         """The stack of ``params`` (with state dicts ``states``) under ``key``; ``build()`` makes a new one."""
-        bkey = tuple(key) + tuple(id(p) for p in params)
-        stack = self._stacks.get(bkey)
-        if stack is not None and all(a is b for a, b in zip(stack.params, params)) and stack.intact(states):
+        stack = self.find(key, params, states)
+        if stack is not None:
             return stack
         for p in params:
             old = self._stack_of.pop(id(p), None)
             if old is not None:
                 self._stacks.pop(old, None)
         stack = build()
+        bkey = tuple(key) + tuple([id(p) for p in params])
         self._stacks[bkey] = stack
         for p in params:
             self._stack_of[id(p)] = bkey

@@ -109,7 +109,7 @@ class ZeroOptimizer(ZeroRedundancyOptimizer):
         on all parameters by every rank, so all ranks raise or skip together (see the module docstring)."""
         with_grad = [(i, p) for i, p in enumerate(self._index_to_param) if p.grad is not None]
         policy = getattr(self.optim, "on_nonfinite", None)
-        if closure is None and with_grad and policy is not None:
+        if closure is None and with_grad and policy in ("raise", "skip"):
             finite = self.optim._finite_flags([p.grad for _, p in with_grad])
             if not bool(finite.all()):
                 if policy == "skip":
