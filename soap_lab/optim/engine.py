@@ -28,12 +28,11 @@ at ordinary steps (docs/compile.md).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from . import config as options, cost, kron
+from . import config as options, kron
 from . import refresh as policies
 from .base import LabOptimizer
 from .partial import PolicyRefreshes

@@ -5,7 +5,7 @@ stack) and workspaces these methods use."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -13,6 +13,9 @@ from . import cost, kron
 from . import refresh as policies
 from .kron import permute_state_
 from .stack import Stack
+
+if TYPE_CHECKING:
+    from .config import BasisConfig
 
 Tensor = torch.Tensor
 

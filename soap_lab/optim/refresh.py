@@ -77,7 +77,6 @@ versions) starts the counters at zero; so does a ZeRO-1 checkpoint (torch's cons
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 from collections import deque
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
