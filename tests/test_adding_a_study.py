@@ -28,7 +28,7 @@ def test_the_documented_toy_study_runs_end_to_end(tmp_path):
     common = ["--study-file", "toy.py", "--set", "preset=tiny", "--set", "steps=5", "--set", "eval_every=5",
               "--runs-root", str(runs)]
     out = _cli("study", "run", "toy", "--scale", "cpu", "--threads", "1", *common, cwd=tmp_path)
-    assert "6 of 6 runs to train" in out
+    assert "6 of 6 runs to train" in out and out.count("ETA") == 6  # a progress line per run
     pool = list(runs.glob("paper_cpu-*"))
     assert len(pool) == 1 and len(list(pool[0].glob("*.json"))) == 6  # its own pool, never paper_cpu/
     assert "0 of 6 runs to train" in _cli("study", "run", "toy", "--scale", "cpu", *common, cwd=tmp_path)  # resumes

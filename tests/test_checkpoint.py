@@ -54,7 +54,7 @@ def _interrupt_at(monkeypatch, at_step):
     monkeypatch.setattr(train_mod, "lr_at", lr_at)
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_record(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_uninterrupted_record(tmp_path, monkeypatch, capsys):
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     full = train(cfg(tmp_path / "full"))
     config = cfg(tmp_path / "cut")
@@ -66,7 +66,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_record(tmp_path, monkeypat
     assert ckpt.is_file() and not store.record_path(config).exists()
     assert torch.load(ckpt, weights_only=False)["step"] == 8
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+    capsys.readouterr()
     resumed = train(config)
+    assert "resumed from step 8 of 12" in capsys.readouterr().out  # said even with progress off
     assert not ckpt.exists()  # the record supersedes it
     a, b = store.read_record(full.record_path), store.read_record(resumed.record_path)
     _same_record(a, b)

@@ -41,6 +41,8 @@ class Study:
         figures: ``{figure name: draw(data, out) -> [paths]}`` with ``data`` ``{scale name: StudyData or None}``.
         measure: for studies whose data are not training runs (timing, Claim 1): ``measure(scale, force) -> path``.
         tables: ``tables(scale, root) -> [(title, markdown)]``: extra tables for the results page.
+        summary: ``summary(rows) -> str``: what the claims say in plain words, written from the rows (never by
+            hand), at the top of the study's section of the results page.
         tuned: the study's runs use tuned learning rates (the lr sweep is trained first).
         order: position on the results page and in ``make ablations``.
     """
@@ -54,6 +56,7 @@ class Study:
     figures: Mapping[str, Callable[..., List[Path]]] = field(default_factory=dict)
     measure: Optional[Callable[..., Path]] = None
     tables: Optional[Callable[..., List[Tuple[str, str]]]] = None
+    summary: Optional[Callable[..., str]] = None
     tuned: bool = True
     order: int = 100
 

@@ -123,6 +123,29 @@ def claim_rows(df) -> List[Dict[str, Any]]:
     return rows
 
 
+def summary(rows: List[Dict[str, Any]]) -> str:
+    """The main arm's answer in words, from the claim rows."""
+    from .report import says
+
+    rise = [r for r in rows if r["claim"].startswith("SOAP's rise")]
+    if not rise:
+        return ""
+    bs, st = min((r["batch_size"], r["steps"]) for r in rise)  # the main arm: the reference batch, the shortest run
+    main = [r for r in rise if (r["batch_size"], r["steps"]) == (bs, st)]
+    beat = [r for r in rows if "beats AdamW" in r["claim"] and (r["batch_size"], r["steps"]) == (bs, st)]
+    text = (f"**In plain words.** At batch {bs} and {st} steps, the paper's claim that SOAP degrades more slowly than "
+            f"Shampoo as f grows (rise_SOAP − rise_Shampoo < 0, rise = loss(f) − loss({main[0]['f0']}), paired by seed) "
+            "reads: " + "; ".join(f"f = {r['f']}: {says(r)}" for r in main) + ". ")
+    if any(r["verdict"] == stats.CONTRADICTED for r in main):
+        text += ("Where the interval lies above zero, SOAP's loss rises *more* with f than Shampoo's: the opposite "
+                 "of the paper's Fig. 1 right at this size. ")
+    if beat:
+        text += (f"Both beat AdamW at every f (differences {min(r['mean'] for r in beat):+.3f} to "
+                 f"{max(r['mean'] for r in beat):+.3f}, {sum(r['verdict'] == stats.REPRODUCED for r in beat)} of "
+                 f"{len(beat)} reproduced).")
+    return text
+
+
 def _runs(scale, root):
     return STUDY.data(scale, root).runs
 
@@ -225,4 +248,4 @@ def draw(data: Mapping[str, Any], out, name: str = "frequency"):
 STUDY = Study(
     name="frequency", order=20, paper="Fig. 1 right, Fig. 7 right",
     question="Does SOAP degrade more slowly than Shampoo as the preconditioning frequency f grows?",
-    params=PARAMS, grid=grid, claims=claims, tables=tables, figures={"frequency": draw})
+    params=PARAMS, grid=grid, claims=claims, tables=tables, summary=summary, figures={"frequency": draw})

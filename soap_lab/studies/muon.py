@@ -96,6 +96,13 @@ def claims(scale, root=None) -> List[Dict[str, Any]]:
     return rows
 
 
+def summary(rows: List[Dict[str, Any]]) -> str:
+    from .report import says
+
+    out = [f"{r['claim'].split(' (')[0]} [{r['where']}]: {says(r)}" for r in rows if not r["claim"].startswith("muon:")]
+    return ("**In plain words.** SOAP against Muon at this size, paired by seed: " + "; ".join(out) + ".") if out else ""
+
+
 def draw(data: Mapping[str, Any], out, name: str = "muon"):
     """Left: final loss of AdamW, Muon and SOAP (f = 1, 10) per seed, each seed's runs joined, the means with their
     intervals. Right: SOAP's final loss at its budget fractions against Muon's (the steps claim's fit, per seed)."""
@@ -149,4 +156,4 @@ def draw(data: Mapping[str, Any], out, name: str = "muon"):
 
 STUDY = Study(name="muon", order=80, paper="not in the paper (Muon: Jordan et al. 2024; torch.optim.Muon)",
               question="SOAP against Muon at this size: lower loss, fewer steps, at what cost per step?",
-              params=PARAMS, grid=grid, claims=claims, figures={"muon": draw})
+              params=PARAMS, grid=grid, claims=claims, summary=summary, figures={"muon": draw})

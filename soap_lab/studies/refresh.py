@@ -156,6 +156,22 @@ def claims(scale, root=None) -> List[Dict[str, Any]]:
     return rows
 
 
+def summary(rows: List[Dict[str, Any]]) -> str:
+    from .report import says
+
+    saved = [r for r in rows if r["claim"].startswith("adaptive reaches")]
+    tol = [r for r in rows if r["claim"].startswith("SOAP tolerates")]
+    text = ""
+    if saved:
+        best = max(saved, key=lambda r: r["mean"])
+        text += (f"**In plain words.** Refreshes per factor an adaptive refresh saves against the fixed-f curve at "
+                 f"equal loss: " + "; ".join(f"{r['where']}: {says(r, 1)}" for r in saved) + f". The largest mean "
+                 f"saving is {best['where']}. ")
+    if tol:
+        text += f"The staleness each optimizer tolerates before losing {LOSS_TOLERATED} (log10 τ, SOAP − Shampoo): {says(tol[0])}."
+    return text
+
+
 def tables(scale, root=None) -> List[Tuple[str, str]]:
     """The frontier: final loss (mean ± 95% CI) and refreshes per factor for each fixed f and each adaptive τ."""
     from ..figures.seeds import mean_ci
@@ -258,5 +274,5 @@ def draw_staleness(data: Mapping[str, Any], out, name: str = "refresh_staleness"
 
 STUDY = Study(name="refresh", order=60, paper="not in the paper (Purifying Shampoo's adaptive refresh, arXiv 2506.03595)",
               question="Does an adaptive refresh reach fixed f's loss with fewer refreshes?", params=PARAMS, grid=grid,
-              claims=claims, tables=tables,
+              claims=claims, tables=tables, summary=summary,
               figures={"refresh_frontier": draw_frontier, "refresh_staleness": draw_staleness})

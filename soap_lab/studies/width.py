@@ -132,6 +132,22 @@ def claims(scale, root=None) -> List[Dict[str, Any]]:
     return rows
 
 
+def summary(rows: List[Dict[str, Any]]) -> str:
+    from .report import says
+
+    per = [r for r in rows if r["claim"].startswith("SOAP's rise")]
+    trend = [r for r in rows if r["claim"].startswith("the difference of rises falls")]
+    if not per:
+        return ""
+    text = ("**In plain words.** The paper's Fig. 1 right at each width, rise_SOAP − rise_Shampoo (< 0: SOAP degrades "
+            "less): " + "; ".join(f"{r['where']}: {says(r)}" for r in per) + ". ")
+    if trend:
+        text += (f"Per doubling of d_model that difference changes by {says(trend[0])} (each seed's slope on log2 "
+                 "d_model, seeds present at every width): a negative slope would mean the paper's ordering appears "
+                 "as the model widens.")
+    return text
+
+
 def draw(data: Mapping[str, Any], out, name: str = "width"):
     """Left: rise_SOAP − rise_Shampoo at the largest f against d_model (each seed a point, seeds present at every
     width joined, the mean with its interval). Right: final losses against d_model (SOAP and Shampoo at each f,
@@ -188,4 +204,4 @@ def draw(data: Mapping[str, Any], out, name: str = "width"):
 
 STUDY = Study(name="width", order=25, paper="Fig. 1 right, across widths (not in the paper)",
               question="Does SOAP's smaller degradation with f appear as the model widens?",
-              params=PARAMS, grid=grid, claims=claims, figures={"width": draw})
+              params=PARAMS, grid=grid, claims=claims, summary=summary, figures={"width": draw})
