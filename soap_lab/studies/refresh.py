@@ -164,7 +164,7 @@ def summary(rows: List[Dict[str, Any]]) -> str:
     text = ""
     if saved:
         best = max(saved, key=lambda r: r["mean"])
-        text += (f"**In plain words.** Refreshes per factor an adaptive refresh saves against the fixed-f curve at "
+        text += ("**In plain words.** Refreshes per factor an adaptive refresh saves against the fixed-f curve at "
                  f"equal loss: " + "; ".join(f"{r['where']}: {says(r, 1)}" for r in saved) + f". The largest mean "
                  f"saving is {best['where']}. ")
     if tol:
