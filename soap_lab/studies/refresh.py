@@ -165,7 +165,7 @@ def summary(rows: List[Dict[str, Any]]) -> str:
     if saved:
         best = max(saved, key=lambda r: r["mean"])
         text += ("**In plain words.** Refreshes per factor an adaptive refresh saves against the fixed-f curve at "
-                 f"equal loss: " + "; ".join(f"{r['where']}: {says(r, 1)}" for r in saved) + f". The largest mean "
+                 "equal loss: " + "; ".join(f"{r['where']}: {says(r, 1)}" for r in saved) + f". The largest mean "
                  f"saving is {best['where']}. ")
     if tol:
         text += f"The staleness each optimizer tolerates before losing {LOSS_TOLERATED} (log10 τ, SOAP − Shampoo): {says(tol[0])}."
