@@ -8,6 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "notebooks" / "README.md",
          ROOT / "benchmarks" / "README.md", ROOT / "data" / "runs" / "README.md"]
 _PATH = re.compile(r"`([A-Za-z0-9_.][\w./-]*?(?:/|\.(?:py|md|json|ipynb|pt|txt|toml|yml|cff|png|pdf)))(?:::\w+)?`")
+#: Folders that exist only once used (scratch, git-ignored): named in the docs, absent from a fresh clone.
+SCRATCH = ("data/runs/default/",)
 _TOP = ("soap_lab/", "tests/", "docs/", "notebooks/", "benchmarks/", "data/", "figures/", ".ci/", "Makefile",
         "pyproject.toml", "README.md", "constraints.txt", "environment.yml", "CITATION.cff", "LICENSE")
 
@@ -15,7 +17,7 @@ _TOP = ("soap_lab/", "tests/", "docs/", "notebooks/", "benchmarks/", "data/", "f
 def named_paths(page: Path):
     for m in _PATH.finditer(page.read_text()):
         p = m.group(1)
-        if p.startswith(_TOP) and not any(c in p for c in "<>*{}"):
+        if p.startswith(_TOP) and not any(c in p for c in "<>*{}") and p not in SCRATCH:
             yield p
 
 
