@@ -393,22 +393,22 @@ def _commit_gap(data: Dict[str, Any]) -> Dict[str, Dict[str, float]]:
 
 
 # ============================================================================================ training
-def lab_config():
-    """The cpu_freq study's SOAP run at seed 0 (f = 10, the tuned lr), as the lab trains and stores it."""
+def lab_config(seed: int = 0):
+    """The cpu_freq study's SOAP run at ``seed`` (f = 10, the tuned lr), as the lab trains and stores it."""
     from soap_lab.studies import SCALES, run_config, tuned_lr
 
     scale = SCALES["cpu_freq"]
-    return run_config(scale, None, "soap", tuned_lr("soap", scale), seed=0)
+    return run_config(scale, None, "soap", tuned_lr("soap", scale), seed=int(seed))
 
 
-def train_config(steps: Optional[int] = None):
+def train_config(steps: Optional[int] = None, seed: int = 0):
     """:func:`lab_config`, not saved to data/runs (``steps``: a shorter smoke run)."""
     import dataclasses
 
     over = {"save": False, "progress": False}
     if steps is not None:
         over.update(steps=steps, eval_every=0)
-    return dataclasses.replace(lab_config(), **over)
+    return dataclasses.replace(lab_config(seed), **over)
 
 
 class _Combined:
@@ -463,20 +463,20 @@ def external_optimizer(impl: cp.Impl, kw: Dict[str, Any]):
     return build
 
 
-def train_one(name: str, steps: Optional[int] = None) -> Dict[str, Any]:
+def train_one(name: str, steps: Optional[int] = None, seed: int = 0) -> Dict[str, Any]:
     """Train the cpu_freq config with implementation ``name`` (in this interpreter); the result as stored."""
     from soap_lab.records import store as results
     from soap_lab.records.provenance import provenance
     from soap_lab.train import train
 
     impl = cp.implementations()[name]
-    cfg = train_config(steps)
+    cfg = train_config(steps, seed)
     kw = {"lr": cfg.lr, "betas": tuple(cfg.betas), "precondition_frequency": cfg.precondition_frequency}
     mapping, notes = impl.mapping({**cp.REF_DEFAULTS, **kw})
     if isinstance(impl, cp.NvidiaEmerging):
         notes = notes + ["1-D parameters (rejected by its SOAP): torch.optim.AdamW with the same lr, betas, eps, "
                          "weight_decay"]
-    torch.manual_seed(0)
+    torch.manual_seed(int(seed))
     t0 = time.perf_counter()
     res = train(cfg, optimizer_factory=external_optimizer(impl, kw))
     out = {"schema": 1, "impl": name, "label": impl.label, "version": impl.version(),
@@ -486,7 +486,7 @@ def train_one(name: str, steps: Optional[int] = None) -> Dict[str, Any]:
            "wall_s": round(time.perf_counter() - t0, 1),
            "provenance": {**provenance(), "environment": cp.environment()}}
     if steps is None and name.startswith("soap_lab"):
-        stored = results.record_path(lab_config())
+        stored = results.record_path(lab_config(seed))
         if stored.exists():
             rec = json.loads(stored.read_text())
             out["stored_lab_record"] = {"file": str(stored.relative_to(ROOT)),
@@ -495,63 +495,97 @@ def train_one(name: str, steps: Optional[int] = None) -> Dict[str, Any]:
     return out
 
 
-def run_train(impls: Sequence[str], out_dir: Path, steps: Optional[int], py312: Optional[str]) -> None:
+def train_file(out_dir: Path, name: str, seed: int) -> Path:
+    """``train_<impl>.json`` for seed 0 (the page's first column), ``train_<impl>_s<seed>.json`` for the others."""
+    return out_dir / (f"train_{name}.json" if int(seed) == 0 else f"train_{name}_s{int(seed)}.json")
+
+
+def run_train(impls: Sequence[str], out_dir: Path, steps: Optional[int], py312: Optional[str],
+              seeds: Sequence[int] = (0,)) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in impls:
-        path = out_dir / f"train_{name}.json"
-        if path.exists() and steps is None:
-            print(f"{name}: {path} exists, skipped", file=sys.stderr)
-            continue
-        print(f"{name}: training …", file=sys.stderr, flush=True)
-        if name in WORKER:
-            res = _train_worker(name, steps, py312)
-        else:
-            impl = cp.implementations()[name]
-            missing = impl.available()
-            res = {"impl": name, "unavailable": missing} if missing else train_one(name, steps)
-        path.write_text(json.dumps(res, indent=1, default=str) + "\n")
-        print(f"{name}: {res.get('unavailable') or res['summary'].get('final_val_loss')}", file=sys.stderr, flush=True)
+    for seed in seeds:
+        for name in impls:
+            path = train_file(out_dir, name, seed)
+            if path.exists() and steps is None:
+                print(f"{name} seed {seed}: {path} exists, skipped", file=sys.stderr)
+                continue
+            print(f"{name} seed {seed}: training …", file=sys.stderr, flush=True)
+            if name in WORKER:
+                res = _train_worker(name, steps, py312, seed)
+            else:
+                impl = cp.implementations()[name]
+                missing = impl.available()
+                res = {"impl": name, "unavailable": missing} if missing else train_one(name, steps, seed)
+            path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+            print(f"{name} seed {seed}: {res.get('unavailable') or res['summary'].get('final_val_loss')}",
+                  file=sys.stderr, flush=True)
 
 
-def _train_worker(name: str, steps: Optional[int], py312: Optional[str]) -> Dict[str, Any]:
+def _train_worker(name: str, steps: Optional[int], py312: Optional[str], seed: int = 0) -> Dict[str, Any]:
     if not py312:
         return {"impl": name, "unavailable": "no Python >= 3.12 interpreter given (--py312 or CONFORMANCE_PY312)"}
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [py312, str(Path(__file__).resolve()), "--train-worker", name, "--out", tmp]
+        cmd = [py312, str(Path(__file__).resolve()), "--train-worker", name, "--out", tmp, "--seeds", str(seed)]
         if steps is not None:
             cmd += ["--steps", str(steps)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        path = Path(tmp) / f"train_{name}.json"
+        path = train_file(Path(tmp), name, seed)
         if proc.returncode != 0 or not path.exists():
             return {"impl": name, "unavailable": f"worker under {py312} exited {proc.returncode}: "
                                                  f"{_tail(proc.stderr or proc.stdout)}"}
         return json.loads(path.read_text())
 
 
-def load_train(out_dir: Path) -> Dict[str, Any]:
-    return {p.stem[len("train_"):]: json.loads(p.read_text()) for p in sorted(out_dir.glob("train_*.json"))}
+def load_train(out_dir: Path) -> Dict[str, Dict[int, Any]]:
+    """``{impl: {seed: stored result}}`` of the training runs under ``out_dir``."""
+    out: Dict[str, Dict[int, Any]] = {}
+    for p in sorted(out_dir.glob("train_*.json")):
+        stem = p.stem[len("train_"):]
+        name, _, seed = stem.rpartition("_s")
+        if not (name and seed.isdigit()):
+            name, seed = stem, "0"
+        out.setdefault(name, {})[int(seed)] = json.loads(p.read_text())
+    return out
 
 
-def render_train(train: Dict[str, Any]) -> str:
-    lines = ["## Training: the cpu_freq GPT, 1000 steps, seed 0", "",
+def render_train(train: Dict[str, Dict[int, Any]]) -> str:
+    """Final losses per implementation and seed, their mean and 95% interval, and the difference from the lab's
+    SOAP in the reference's current mode (soap_lab eigenbasis) paired by seed."""
+    from soap_lab import stats
+
+    seeds = sorted({s for runs in train.values() for s in runs})
+    base = {s: r["summary"]["final_val_loss"] for s, r in train.get("soap_lab_eigenbasis", {}).items()
+            if "summary" in r}
+    lines = [f"## Training: the cpu_freq GPT, 1000 steps, seeds {', '.join(map(str, seeds))}", "",
              "The lab's `cpu_freq` SOAP run (0.1M-parameter GPT on characters, batch 16×64, f = 10, the tuned lr, "
              "warmup + cosine, clipping 1.0) trained through `soap_lab.train.train` with each implementation in "
-             "place of `soap_lab.SOAP` (`python benchmarks/conformance.py --train`).", "",
-             "| implementation | version | final val loss | final train loss | steps | wall-clock s | notes |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in train.items():
-        if "unavailable" in r:
-            lines.append(f"| {_label(name, r)} | - | not run | | | | {_esc(str(r['unavailable']))} |")
+             "place of `soap_lab.SOAP` (`python benchmarks/conformance.py --train --seeds 0 1 2`); the same seed is "
+             "the same init and data order for every implementation. Last column: its final loss minus soap_lab's "
+             "(eigenbasis, the reference's current mode) per seed, mean and 95% Student-t interval.", "",
+             "| implementation | version | " + " | ".join(f"seed {s}" for s in seeds) +
+             " | mean ± 95% CI | − soap_lab eigenbasis | notes |", "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
+    for name, runs in train.items():
+        first = runs[min(runs)]
+        if all("unavailable" in r for r in runs.values()):
+            lines.append(f"| {_label(name, first)} | - | " + " | " * len(seeds) + f" | | {_esc(str(first['unavailable']))} |")
             continue
-        s = r["summary"]
-        notes = list(r.get("notes", []))
-        if "stored_lab_record" in r:
-            st = r["stored_lab_record"]
-            notes.append(f"the lab's stored record: {st['final_val_loss']:.4f} (commit {str(st['git_commit'])[:7]})")
-        fv, ft = s.get("final_val_loss"), s.get("final_train_loss")
-        lines.append(f"| {_label(name, r)} | {r.get('version')} | {fv if fv is None else f'{fv:.4f}'} | "
-                     f"{ft if ft is None else f'{ft:.4f}'} | {s.get('steps_done')} | {r.get('wall_s')} | "
-                     f"{_esc('; '.join(notes))} |")
+        losses = {s: r["summary"].get("final_val_loss") for s, r in runs.items() if "summary" in r}
+        cells = [f"{losses[s]:.4f}" if losses.get(s) is not None else "" for s in seeds]
+        ok = [v for v in losses.values() if v is not None]
+        iv = stats.mean_interval(ok) if ok else None
+        mean = "" if iv is None else (f"{iv.mean:.4f} ± {iv.half_width:.4f}" if iv.n > 1 else f"{iv.mean:.4f}")
+        d = stats.paired_differences(losses, base) if name != "soap_lab_eigenbasis" else {}
+        dv = ""
+        if d:
+            div = stats.mean_interval(list(d.values()))
+            dv = (f"{div.mean:+.4f} [{div.low:+.4f}, {div.high:+.4f}]" if div.n > 1 else f"{div.mean:+.4f}")
+        notes = list(first.get("notes", []))
+        stored = [r["stored_lab_record"] for s, r in sorted(runs.items()) if "stored_lab_record" in r]
+        if stored:
+            notes.append("the lab's stored records: " + ", ".join(f"{st['final_val_loss']:.4f}" for st in stored)
+                         + f" (commits {', '.join(sorted({str(st['git_commit'])[:7] for st in stored}))})")
+        lines.append(f"| {_label(name, first)} | {first.get('version')} | " + " | ".join(cells) +
+                     f" | {mean} | {dv} | {_esc('; '.join(notes))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -573,20 +607,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--render", action="store_true", help="only render the page from the stored JSON")
     p.add_argument("--train", action="store_true", help="train cpu_freq (1000 steps, seed 0) per implementation")
     p.add_argument("--steps", type=int, default=None, help="with --train: fewer steps (a smoke run; not for the page)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="with --train: the seeds (default 0)")
     p.add_argument("--train-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     out_dir = Path(args.out)
     if args.train_worker:
         torch.set_num_threads(1)
-        res = train_one(args.train_worker, args.steps)
+        res = train_one(args.train_worker, args.steps, args.seeds[0])
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"train_{args.train_worker}.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+        train_file(out_dir, args.train_worker, args.seeds[0]).write_text(json.dumps(res, indent=1, default=str) + "\n")
         return 0
     if args.train:
         if args.steps is not None and out_dir.resolve() == OUT.resolve():
             p.error("--steps makes a smoke run: give it its own --out (the page reads data/conformance)")
         torch.set_num_threads(1)
-        run_train(args.impls or ALL, out_dir, args.steps, args.py312)
+        run_train(args.impls or ALL, out_dir, args.steps, args.py312, args.seeds)
     elif not args.render:
         data = collect(args.impls or ALL, Path(args.golden).resolve(), args.py312)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -166,7 +166,7 @@ def test_training_mode_runs_an_external_optimizer_through_the_lab_harness():
     res = conf.train_one("soap_lab_eigenbasis", steps=2)
     assert res["summary"]["steps_done"] == 2 and res["config"]["seed"] == 0 and res["config"]["preset"] == "mini"
     assert res["reference_keywords"]["precondition_frequency"] == 10 and "git_commit" in res["provenance"]
-    text = conf.render_train({"soap_lab_eigenbasis": res})
+    text = conf.render_train({"soap_lab_eigenbasis": {0: res}})
     assert "| soap_lab eigenbasis |" in text
 
 
