@@ -33,7 +33,7 @@ PALETTE: Dict[str, Any] = {
     "SOAP factorized + one-sided": _C[6],
     "EigenAdafactor": _C[9],
     "Adafactor": _C[7],
-    "Muon": _C[8],
+    "Muon": "#7b3294",  # purple: apart from the colorblind palette's ten
 }
 MARKERS = {"AdamW": "s", "Shampoo": "^", "SOAP": "o", "SOAP (eigh)": "D", "Muon": "P"}
 
