@@ -66,6 +66,14 @@ def test_claims_on_known_numbers(pool):
     assert tol["mean"] == pytest.approx(-1 - (-1.8)) and "clamped" in tol["where"] and tol["n"] == 3
 
 
+def test_a_tau0_run_stands_for_fixed_f_on_its_own_commit(pool):
+    """τ = 0 refreshes at every check: the fixed trajectory, computed where the adaptive runs were (module docstring)."""
+    sc, root = pool
+    fr = R.fixed_runs(R.frame(sc, root), "soap")
+    assert sorted(fr[fr["f"] == 10]["policy"]) == ["adaptive"] * 3 and sorted(fr[fr["f"] == 1]["policy"]) == ["adaptive"] * 3
+    assert sorted(fr[fr["f"] == 100]["policy"]) == ["fixed"] * 3 and len(fr) == 9
+
+
 def test_the_frontier_table_and_figures(pool, tmp_path):
     sc, root = pool
     (title, table), = R.tables(sc, root)
