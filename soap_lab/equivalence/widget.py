@@ -4,7 +4,7 @@
 and raise a one-line :class:`~soap_lab.studies.params.ParameterError`; :func:`claim1_widget` puts sliders over
 :func:`~soap_lab.equivalence.experiments.claim1_study`, cached by :func:`claim1_cache` so that the exponent and
 staleness sliders only redraw (:func:`soap_lab.studies.equivalence.draw_claim1`). ipywidgets is imported only by
-:func:`claim1_widget`. (Moved from ``soap_lab.notebook``.)
+:func:`claim1_widget`.
 """
 from __future__ import annotations
 
