@@ -89,8 +89,8 @@ bench-zero: $(STAMP)
 
 # Run on an idle machine: the timings are the output.
 bench-refresh: $(STAMP)
-	$(PY) benchmarks/refresh.py --params gpt10m --f 10 --train --out data/bench
-	$(PY) benchmarks/refresh.py --params gpt124m --f 10 --out data/bench
+	$(PY) benchmarks/refresh.py --params gpt10m --f 10 --train --threads 1 --out data/bench
+	$(PY) benchmarks/refresh.py --params gpt124m --f 10 --threads 1 --out data/bench
 conformance: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/conformance.py $(if $(PY312),--py312 $(PY312),)
 
@@ -99,8 +99,8 @@ conformance-train: $(STAMP)
 
 # Run on an idle machine: the timings are the output (inductor compiles for minutes on 2 cores).
 bench-compile: $(STAMP)
-	$(PY) benchmarks/compile.py --params tiny2 --f 10 --out data/bench
-	$(PY) benchmarks/compile.py --params gpt10m --f 10 --out data/bench
+	OMP_NUM_THREADS=1 $(PY) benchmarks/compile.py --params tiny2 --f 10 --out data/bench
+	OMP_NUM_THREADS=1 $(PY) benchmarks/compile.py --params gpt10m --f 10 --out data/bench
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis notebooks/executed
