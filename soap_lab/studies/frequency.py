@@ -136,6 +136,12 @@ def summary(rows: List[Dict[str, Any]]) -> str:
     text = (f"**In plain words.** At batch {bs} and {st} steps, the paper's claim that SOAP degrades more slowly than "
             f"Shampoo as f grows (rise_SOAP − rise_Shampoo < 0, rise = loss(f) − loss({main[0]['f0']}), paired by seed) "
             "reads: " + "; ".join(f"f = {r['f']}: {says(r)}" for r in main) + ". ")
+    held = [r for r in main if "holm_verdict" in r]
+    if held:
+        changed = [f"f = {r['f']} ({r['verdict']} → {r['holm_verdict']})" for r in held
+                   if r["holm_verdict"] != r["verdict"]]
+        text += (f"Holm's correction over these {len(held)} frequencies changes "
+                 + (", ".join(changed) if changed else "none of the verdicts") + ". ")
     if any(r["verdict"] == stats.CONTRADICTED for r in main):
         text += ("Where the interval lies above zero, SOAP's loss rises *more* with f than Shampoo's: the opposite "
                  "of the paper's Fig. 1 right at this size. ")
