@@ -163,6 +163,7 @@ def test_the_grid_holds_every_committed_record_of_the_study(scale_name):
     lr = {o: tuned_lr(o, sc) for o in ("adamw", "shampoo", "soap")}
     mine = [p for p, c in recs if c["optimizer"] in lr and c["lr"] == lr[c["optimizer"]] and
             c["batch_size"] == sc.batch_size and c["steps"] == sc.steps and c["seed"] in sc.seeds and
+            c.get("preset", sc.preset) == sc.preset and
             c.get("precondition_frequency") in (None, sc.base_frequency) and
             {k: v for k, v in (c.get("hparams") or {}).items() if k not in ("exponent", "eps", "grafting")} == {}]
     assert len(mine) >= {"cpu": 7, "cpu_freq": 21}[scale_name]
@@ -265,7 +266,8 @@ def test_figures_from_the_committed_records_are_the_same_bytes_twice(committed, 
 
 def test_the_claims_of_the_committed_records(committed):
     """On the old protocol's budgets (0.5 to 1), the numbers of ``python -m soap_lab.freq_study --report`` before the
-    port (commit 34f1877), now flagged: N* of seeds 0 and 1 lies below the smallest budget."""
+    port (commit 34f1877), now flagged: N* of seeds 0 and 1 lies below the smallest budget; the wall-clock rows use
+    the timing study as re-measured with Muon (2026-12-06, commit fe8e9e6)."""
     sd = committed["cpu_freq"]
     ref = sd.runs[(sd.runs["batch_size"] == 16) & (sd.runs["budget_fraction"] >= 0.5)]
     rows = {r["claim"]: r for r in E.efficiency_claims(ref, F, 16) + E.wallclock_claims(ref, F, E.timing(sd.scale), 16)}
@@ -274,6 +276,6 @@ def test_the_claims_of_the_committed_records(committed):
     assert (round(steps["low"], 4), round(steps["high"], 4)) == (0.4223, 0.6705)
     assert steps["outside"] == [0, 1] and steps["note"] == "2 of 3 seeds extrapolated"
     wall = rows["SOAP needs ≥ 35% less wall-clock than AdamW (saved > 0.35)"]
-    assert (round(wall["mean"], 4), round(wall["low"], 4), round(wall["high"], 4)) == (0.4094, 0.1647, 0.6476)
+    assert (round(wall["mean"], 4), round(wall["low"], 4), round(wall["high"], 4)) == (0.4228, 0.1844, 0.6552)
     assert round(rows["SOAP needs fewer steps than Shampoo (saved > 0)"]["mean"], 4) == -0.0435
-    assert round(rows["SOAP needs less wall-clock than Shampoo (saved > 0)"]["high"], 4) == 0.3457
+    assert round(rows["SOAP needs less wall-clock than Shampoo (saved > 0)"]["high"], 4) == 0.3432

@@ -84,3 +84,24 @@ def test_the_frontier_table_and_figures(pool, tmp_path):
     assert all(p.stat().st_size > 10_000 for p in a + b)
     again = R.draw_frontier({"cpu": sd}, tmp_path / "c")
     assert again[1].read_bytes() == a[1].read_bytes()
+
+
+def test_the_summary_counts_the_read_off_and_names_what_keeps_the_loss():
+    from soap_lab import stats
+    from soap_lab.studies import refresh
+
+    def row(claim, where, verdict, mean=0.0):
+        return {"claim": claim, "where": where, "verdict": verdict, "mean": mean, "low": mean - 1e-3,
+                "high": mean + 1e-3, "n": 3}
+
+    rows = [row("adaptive reaches fixed f's loss with fewer refreshes", "soap, check every 1, τ = 0.1", stats.REPRODUCED, 5),
+            row("adaptive reaches fixed f's loss with fewer refreshes",
+                "soap, check every 10, τ = 0.3 (seeds [2] outside the fixed curve)", stats.CONTRADICTED, -5),
+            row("adaptive costs less than 0.01 of loss", "soap, f = 1, τ = 0.1: 49% of fixed's refreshes", stats.REPRODUCED),
+            row("adaptive costs less than 0.01 of loss", "soap, f = 10, τ = 0.01: 100% of fixed's refreshes", stats.REPRODUCED),
+            row("adaptive costs less than 0.01 of loss", "soap, f = 10, τ = 0.3: 40% of fixed's refreshes", stats.CONTRADICTED, 0.02)]
+    text = refresh.summary(rows)
+    assert "saves refreshes in 1 of 2 settings, saves none or needs more in 1" in text and "in 1 of them" in text
+    assert "fewer refreshes at soap, f = 1, τ = 0.1: 49%" in text and "100%" not in text
+    assert "loses more than 0.01 at soap, f = 10, τ = 0.3: 40%" in text
+    assert refresh.summary([]) == ""
