@@ -200,6 +200,8 @@ class StudyData:
         """The scale, model, steps, device and n, written on every figure."""
         s, r = self.scale, self.runs
         n_params = ""
+        if len(r) and "preset" in r:  # the scale's own model (a study may train other presets too)
+            r = r[r["preset"].isna() | (r["preset"] == s.preset)]
         if len(r) and "num_params" in r and r["num_params"].notna().any():
             n_params = f", {float(r['num_params'].dropna().median()) / 1e6:.2f}M params"
         seq = f"×{int(r['seq_len_used'].dropna().iloc[0])} tokens" if len(r) and "seq_len_used" in r and \

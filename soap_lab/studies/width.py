@@ -186,6 +186,10 @@ def draw(data: Mapping[str, Any], out, name: str = "width"):
             for p in presets:
                 g = _full(sc, df, p)
                 g = g[(g["label"] == lab) & (g["f"].isna() if f is None else g["f"] == f)]
+                try:  # the tuned lr's runs only (the sweep's other lrs share steps and batch)
+                    g = g[g["lr"] == lr_at(sc, sd.root, p, lab.lower())]
+                except MissingResults:
+                    g = g.iloc[:0]
                 stat.append(S.mean_ci(g["final_val_loss"].astype(float).tolist()))
             bx.errorbar(ws, [m for m, _, _ in stat], yerr=[h for _, h, _ in stat], color=style.color(lab), capsize=3,
                         marker="o" if f == min(fs) else "s", ls="-" if f != max(fs) else "--", lw=1.2,
