@@ -21,6 +21,15 @@ from typing import Any, Dict, List, Optional, Sequence
 __all__ = ["main"]
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)", but not for options whose help already says what unset means."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but an error is one line (the usage is for ``--help``)."""
 
@@ -305,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=_prog(), description="soap-lab: train, sweep, run the studies and draw the figures of the SOAP "
                                           "paper (Vyas et al. 2024).")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     t = sub.add_parser("train", help="train one run and write its record", formatter_class=fmt)
     t.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, metavar="NAME", help=", ".join(OPTIMIZERS))
     t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (warmup from 0.1·lr, cosine to 0.1·lr)")

@@ -91,6 +91,7 @@ def test_help_shows_defaults_and_the_program_name(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "(default: 0.003)" in out and "peak learning rate" in out and "python -m soap_lab train" in out
     assert "(default float32)" not in out and "(default: float32)" not in out  # each default said once
+    assert "(default: None)" not in out  # "unset: ..." says what an unset option means
     monkeypatch.setattr(sys, "argv", ["/usr/bin/soap-lab", "--help"])
     with pytest.raises(SystemExit):
         main(["--help"])
