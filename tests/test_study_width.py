@@ -47,6 +47,13 @@ def test_the_grid_grows_once_the_sweep_is_stored_and_the_claims_follow(tmp_path)
     assert trend["mean"] == pytest.approx(0.0, abs=1e-12) and trend["n"] == 3 and trend["unit"] == "slope"
     figs = W.draw({"cpu": W.STUDY.data(sc, tmp_path)}, tmp_path / "fig")
     assert figs[0].stat().st_size > 10_000
+    # a width still training (fewer than MIN_TREND_SEEDS seeds) stays out of the trend; its own row stays
+    for c in grown:
+        if c.preset == "2L-d128" and c.seed == 2 and c.precondition_frequency == 30:
+            store.record_path(c).unlink()
+    rows = W.claims(sc, tmp_path)
+    assert [r["n"] for r in rows if r["claim"].startswith("SOAP's rise")] == [3, 2]
+    assert not [r for r in rows if r["claim"].startswith("the difference of rises falls")]
 
 
 def test_slope_is_the_mean_of_per_seed_least_squares_slopes():

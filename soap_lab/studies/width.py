@@ -10,7 +10,8 @@ is the frequency study's runs (its lr sweep and seeds). On a GPU scale the same 
 
 Claims, paired by seed: at each width rise_SOAP − rise_Shampoo at the largest f < 0 (rise = loss(f) − loss(f₀));
 and the trend across widths: each seed's least-squares slope of that difference on log2(width) (seeds present at
-every width), its mean and interval: < 0 means the paper's ordering appears as the model widens.
+every width with at least ``MIN_TREND_SEEDS`` seeds), its mean and interval: < 0 means the paper's ordering
+appears as the model widens.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ PARAMS = {"cpu_freq": dict(presets=("mini", "2L-d128", "2L-d256"), n_seeds={"2L-
                            width_lrs=(3e-3, 1e-2, 3e-2), check_seeds=(1, 2), frequencies=(1, 30)),
           "*": dict(presets=(), n_seeds={}, width_lrs=(3e-3, 1e-2, 3e-2), check_seeds=(), frequencies=(1, 30))}
 OPTIMIZERS = ("adamw", "soap", "shampoo")
+#: The seeds a width needs before it joins the trend across widths (the issue's minimum per width).
+MIN_TREND_SEEDS = 3
 
 
 def width(preset: str) -> int:
@@ -120,8 +123,8 @@ def claims(scale, root=None) -> List[Dict[str, Any]]:
                             rows.append(stats.claim(f"{o} at d_model {width(preset)}: the tuned lr {lr:g} beats lr "
                                                     f"{other:g} (loss(lr) − loss(tuned) > 0)", dd, "greater",
                                                     where=f"{o} lr {other:g}, d_model {width(preset)}"))
-    if len(per) > 1:
-        presets = sorted(per, key=width)
+    presets = sorted((p for p in per if len(per[p]) >= MIN_TREND_SEEDS), key=width)
+    if len(presets) > 1:  # a width joins the trend once it has MIN_TREND_SEEDS seeds (a width still training waits)
         common = sorted(set.intersection(*(set(per[p]) for p in presets)))
         if len(common) > 1:
             iv = stats.slope([math.log2(width(p)) for p in presets], {s: [per[p][s] for p in presets] for s in common})
