@@ -80,10 +80,13 @@ def forest(rows: Sequence[Mapping[str, Any]], out, name: str, title: str, lines:
                                  gridspec_kw={"height_ratios": counts})
         for ax, (p, lab) in zip(axes[:, 0], panels):
             _panel(ax, p, lab)
-        fig.suptitle(title, fontweight="bold", fontsize=10)
+        head = fig.suptitle(title, fontweight="bold", fontsize=10, va="top")
         style.footer(fig, ["Grey points: one seed each (paired: same init and data order in both arms); mean ± 95% "
                            "CI coloured by verdict (green reproduced, red contradicted, grey inconclusive); shaded "
                            "green: where the claim holds on that row, dashed: its threshold. Intervals: Student t "
                            "over seeds (wall-clock: Bonferroni over seeds × timing rounds; overhead: over timing "
                            "rounds).", *lines])
+        h = fig.get_figheight()  # the title in the top half inch (suptitle's default y is a fraction of a tall figure)
+        fig.subplots_adjust(top=1 - 0.5 / h)
+        head.set_y(1 - 0.15 / h)
         return style.save(fig, out, name)
