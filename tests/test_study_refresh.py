@@ -91,8 +91,9 @@ def test_the_summary_counts_the_read_off_and_names_what_keeps_the_loss():
     from soap_lab.studies import refresh
 
     def row(claim, where, verdict, mean=0.0):
+        share = float(where.split(": ")[-1].split("%")[0]) / 100 if "%" in where else None
         return {"claim": claim, "where": where, "verdict": verdict, "mean": mean, "low": mean - 1e-3,
-                "high": mean + 1e-3, "n": 3}
+                "high": mean + 1e-3, "n": 3, "refresh_share": share}
 
     rows = [row("adaptive reaches fixed f's loss with fewer refreshes", "soap, check every 1, τ = 0.1", stats.REPRODUCED, 5),
             row("adaptive reaches fixed f's loss with fewer refreshes",

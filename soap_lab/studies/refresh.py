@@ -208,10 +208,7 @@ def summary(rows: List[Dict[str, Any]]) -> str:
                  "losses lie outside the fixed curve, which is nearly flat between f = 1 and f = 10 at this size, so "
                  "that read-off is ill-conditioned here. ")
     if cost:
-        def saves(r):  # "..., τ = 0.1: 49% of fixed's refreshes" -> 49
-            return int(r["where"].rsplit(": ", 1)[-1].split("%")[0])
-
-        keep = [r for r in cost if r["verdict"] == stats.REPRODUCED and saves(r) < 100]
+        keep = [r for r in cost if r["verdict"] == stats.REPRODUCED and r["refresh_share"] < 0.995]
         lose = [r for r in cost if r["verdict"] == stats.CONTRADICTED]
         text += ("Against fixed f at the same interval (the well-conditioned comparison), adaptive keeps the loss "
                  "within 0.01 with fewer refreshes at " + ("; ".join(f"{r['where']} ({says(r)})" for r in keep)
